@@ -140,7 +140,9 @@ def default_model_path() -> Path:
 
 
 def _looks_like_path(name: str) -> bool:
-    return os.sep in name or name.startswith(".") or Path(name).suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
+    if name.startswith((".", "/", "~")) or Path(name).suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".jit"}:
+        return True
+    return os.sep in name and Path(name).parent.exists()
 
 
 def _with_act(cfg: ModelConfig, act: str) -> ModelConfig:
