@@ -102,8 +102,10 @@ def load(
         ckpt = formats.read(hub.resolve_pretrained(name, pretrained, cache_dir=cache_dir))
         if ckpt.config is None:
             ckpt.config = get_model_config(entry.get("architecture", name))
-            if entry.get("quick_gelu"):
-                ckpt.config = _with_act(ckpt.config, "quick_gelu")
+        if entry.get("quick_gelu"):  # the registry knows these weights were trained with QuickGELU
+            ckpt.config = _with_act(ckpt.config, "quick_gelu")
+        if entry.get("mean") and entry.get("std"):
+            ckpt.preprocess = {**(ckpt.preprocess or {}), "mean": entry["mean"], "std": entry["std"]}
     elif _looks_like_path(name):
         raise CheckpointError(f"checkpoint not found: {name}")
     else:
