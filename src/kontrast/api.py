@@ -288,7 +288,10 @@ def fingerprint(model: CLIP) -> str:
     cached = getattr(model, "_kontrast_fingerprint", None)
     if cached:
         return cached
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    arch = model.config.to_dict()
+    for key in ("name", *model.config.extra):  # labels, not architecture
+        arch.pop(key, None)
+    h = hashlib.sha256(json.dumps(arch, sort_keys=True, default=str).encode())
     for key, tensor in sorted(model.state_dict().items()):
         h.update(key.encode())
         t = tensor.detach().cpu().contiguous()

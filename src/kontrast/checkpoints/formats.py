@@ -104,7 +104,9 @@ def _read_kontrast(p: Path) -> Checkpoint:
             config = json.loads((f.metadata() or {})["kontrast_config"])
     if not weights.is_file():
         raise CheckpointError(f"{p}: {KONTRAST_WEIGHTS} is missing")
-    return Checkpoint(_load_tensors(weights), ModelConfig.from_dict(config), "kontrast", p, config.get("preprocess_cfg"))
+    config = dict(config)
+    preprocess = config.pop("preprocess_cfg", None)
+    return Checkpoint(_load_tensors(weights), ModelConfig.from_dict(config), "kontrast", p, preprocess)
 
 
 def _read_open_clip(p: Path) -> Checkpoint:
