@@ -1,0 +1,221 @@
+"""VQGAN decoder and codebook for taming-transformers checkpoints (``.ckpt`` with ``state_dict`` + ``model.yaml``).
+
+Only what CLIP guidance needs: the codebook (``quantize.embedding``), ``post_quant_conv`` and the
+``decoder``, with taming-transformers' parameter names so released checkpoints load unchanged. The
+encoder, discriminator and loss weights in a checkpoint are ignored. Quantisation is straight-through:
+the forward pass uses the nearest codebook vectors, the backward pass flows into the continuous latent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError, KontrastError
+
+
+@dataclass
+class VQGANConfig:
+    """taming's ``ddconfig`` plus the codebook size (``n_embed``) and code dimension (``embed_dim``)."""
+
+    n_embed: int = 1024
+    embed_dim: int = 256
+    z_channels: int = 256
+    resolution: int = 256
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "VQGANConfig":
+        import yaml
+
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+            params = raw["model"]["params"]
+            dd = params["ddconfig"]
+        except (OSError, yaml.YAMLError) as exc:
+            raise KontrastError(f"cannot read VQGAN config {path}: {exc}".splitlines()[0]) from exc
+        except (KeyError, TypeError) as exc:
+            raise KontrastError(f"{path}: not a taming-transformers model.yaml (no model.params.ddconfig)") from exc
+        return cls(
+            n_embed=int(params["n_embed"]), embed_dim=int(params["embed_dim"]), z_channels=int(dd["z_channels"]),
+            resolution=int(dd["resolution"]), out_ch=int(dd.get("out_ch", 3)), ch=int(dd["ch"]),
+            ch_mult=tuple(int(m) for m in dd["ch_mult"]), num_res_blocks=int(dd["num_res_blocks"]),
+            attn_resolutions=tuple(int(r) for r in dd.get("attn_resolutions", ())),
+        )
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per latent cell (16 for the usual 5-level configs)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention with 1x1 convolutions for q, k, v and the output."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = self.norm(x)
+        # [N, C, H, W] -> [N, H*W, C] (a single head of width C)
+        q, k, v = (conv(y).reshape(n, c, h * w).transpose(1, 2) for conv in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # [N, H*W, C]
+        out = out.transpose(1, 2).reshape(n, c, h, w)  # [N, H*W, C] -> [N, C, H, W]
+        return x + self.proj_out(out)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Decoder(nn.Module):
+    """taming-transformers ``Decoder``: latent ``[N, z, h, w]`` -> image ``[N, 3, h*f, w*f]`` in [-1, 1]-ish."""
+
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        levels = len(cfg.ch_mult)
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        res = cfg.resolution // 2 ** (levels - 1)
+        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in)
+        up_levels = []
+        for level in reversed(range(levels)):
+            stage = nn.Module()
+            block_out = cfg.ch * cfg.ch_mult[level]
+            blocks, attns = [], []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResnetBlock(block_in, block_out))
+                block_in = block_out
+                if res in cfg.attn_resolutions:
+                    attns.append(AttnBlock(block_in))
+            stage.block = nn.ModuleList(blocks)
+            stage.attn = nn.ModuleList(attns)
+            if level != 0:
+                stage.upsample = Upsample(block_in)
+                res *= 2
+            up_levels.insert(0, stage)  # taming indexes ``up`` from the finest level
+        self.up = nn.ModuleList(up_levels)
+        self.norm_out = _norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        for level in reversed(range(len(self.up))):
+            stage = self.up[level]
+            for i, block in enumerate(stage.block):
+                h = block(h)
+                if len(stage.attn) > 0:
+                    h = stage.attn[i](h)
+            if level != 0:
+                h = stage.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, n_embed: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest code per cell with a straight-through gradient: ``[N, D, h, w] -> [N, D, h, w]``."""
+        n, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # [N, D, h, w] -> [N*h*w, D]
+        codes = self.embedding.weight
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.T + codes.pow(2).sum(1)[None]  # [N*h*w, K]
+        quantised = codes[dist.argmin(dim=1)].reshape(n, h, w, d).permute(0, 3, 1, 2)  # -> [N, D, h, w]
+        return z + (quantised - z).detach()
+
+
+class VQGANDecoder(nn.Module):
+    """``quantize`` + ``post_quant_conv`` + ``decoder`` of a taming ``VQModel``."""
+
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.decoder = Decoder(cfg)
+
+    def decode(self, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        """Latent ``[N, embed_dim, h, w]`` -> RGB in [0, 1], ``[N, 3, h*f, w*f]``."""
+        if quantize:
+            z = self.quantize(z)
+        x = self.decoder(self.post_quant_conv(z))
+        return (x.clamp(-1, 1) + 1) / 2
+
+    def random_latent(self, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A latent made of random codebook entries (how VQGAN+CLIP starts)."""
+        f = self.config.downsample
+        h, w = max(1, height // f), max(1, width // f)
+        idx = torch.randint(self.config.n_embed, (h * w,), generator=generator)
+        z = self.quantize.embedding.weight[idx].reshape(1, h, w, -1).permute(0, 3, 1, 2)  # [h*w, D] -> [1, D, h, w]
+        return z.detach().clone()
+
+
+def load_vqgan(checkpoint: str | os.PathLike, config: str | os.PathLike) -> VQGANDecoder:
+    """A taming-transformers VQGAN from ``.ckpt`` (a dict with ``state_dict``) and ``model.yaml``."""
+    cfg = VQGANConfig.from_yaml(config)
+    model = VQGANDecoder(cfg)
+    try:
+        raw = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"VQGAN checkpoint not found: {checkpoint}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{checkpoint}: cannot read VQGAN checkpoint ({type(exc).__name__})") from exc
+    sd = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{checkpoint}: expected a dict with a 'state_dict' entry")
+    wanted = {k: v for k, v in sd.items() if k.startswith(("decoder.", "post_quant_conv.", "quantize.embedding."))}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(wanted))
+    shapes = [k for k in own if k in wanted and wanted[k].shape != own[k].shape]
+    if missing or shapes:
+        detail = f"missing: {', '.join(missing[:5])}" if missing else f"wrong shape: {', '.join(shapes[:5])}"
+        raise CheckpointError(f"{checkpoint} does not fit {config}: {detail}")
+    model.load_state_dict(wanted)
+    return model.eval()
