@@ -16,6 +16,7 @@ import warnings
 # Sub-command modules, in the order ``kontrast --help`` lists them. One line per command.
 COMMANDS = [
     "info",
+    "demo",
 ]
 
 

@@ -1,0 +1,132 @@
+"""``kontrast demo``: the report over the bundled sample (with a small random stand-in model, so the test does not
+depend on the trained default model's quality), and the completeness of the bundled sample and its attribution."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+import kontrast
+from kontrast import demo
+from kontrast.cli import main
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory) -> Path:
+    """A tiny random CLIP saved in kontrast format."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("standin")
+    kontrast.save(kontrast.create_model("tiny-ViT"), folder)
+    return folder
+
+
+def _check_html(text: str, samples: list[demo.SampleImage]) -> None:
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert text.count("<body>") == 1 and text.count("</body>") == 1
+    for s in samples:  # every sample image is inlined
+        assert s.data_uri() in text, s.file
+    for query, _ in demo.QUERIES:
+        assert f"&ldquo;{query}&rdquo;" in text
+    # self-contained: nothing fetched from elsewhere
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", text, re.I)
+    assert "@import" not in text and "<script" not in text.lower() and "<link" not in text.lower()
+
+
+def test_run_demo_writes_report(standin: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nested" / "out"
+    report, path = demo.run_demo(str(standin), out)
+    assert path == out / "report.html" and path.is_file()
+    samples = demo.load_sample()
+    _check_html(path.read_text(encoding="utf-8"), samples)
+    assert len(report.classifications) == len(samples) == 32
+    labels = demo.label_set(samples)
+    assert report.labels == labels and len(labels) == len(set(labels))
+    for c in report.classifications:
+        assert 1 <= c.rank <= len(labels)
+        assert len(c.top) == demo.TOP_K_LABELS
+        probs = [p for _, p in c.top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert c.correct == (c.top[0][0] == c.label)
+    assert [s.query for s in report.searches] == [q for q, _ in demo.QUERIES]
+    for s in report.searches:
+        scores = [sc for _, sc, _ in s.hits]
+        assert len(s.hits) == demo.TOP_K_SEARCH and scores == sorted(scores, reverse=True)
+        assert all(-1 - 1e-5 <= sc <= 1 + 1e-5 for sc in scores)
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert data["model_info"]["fingerprint"] == kontrast.fingerprint(kontrast.load(str(standin))[0])
+    assert data["top1"] == pytest.approx(report.top1) and len(data["classifications"]) == 32
+    assert {"load_model", "encode_images", "zero_shot", "search", "total"} <= set(data["seconds"])
+
+
+def test_cli_demo(standin: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    assert main(["demo", "--model", str(standin), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and str((out / "report.html").resolve()) in printed
+    assert "'a red heart'" in printed
+    assert len(printed.splitlines()) <= 24  # one screen
+    _check_html((out / "report.html").read_text(encoding="utf-8"), demo.load_sample())
+
+
+def test_cli_demo_missing_model_is_one_line_error(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("kontrast demo: error:") and "nope.pt" in errors[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "o" / "report.html").exists()
+
+
+def test_classify_and_search_rank_by_similarity() -> None:
+    """With image embeddings equal to their label's text embedding, every image ranks its own label first."""
+    samples = demo.load_sample()[:4]
+    labels = demo.label_set(samples, distractors=["zebra", "kite"])
+    txt = torch.nn.functional.normalize(torch.eye(len(labels))[:, :8] + 0.01, dim=-1)  # [C, 8]; 6 labels < 8 dims
+    img = txt[:4]
+    fake = SimpleNamespace(logit_scale=torch.tensor(4.6052))  # exp = 100
+    result = demo.classify(fake, img, txt, samples, labels)
+    assert [c.rank for c in result] == [1, 1, 1, 1]
+    assert all(c.top[0] == (c.label, pytest.approx(c.top[0][1])) and c.top[0][1] > 0.9 for c in result)
+
+
+def test_labels_and_articles() -> None:
+    assert demo.with_article("umbrella") == "an umbrella"
+    assert demo.with_article("flag of India") == "a flag of India"
+    samples = demo.load_sample()
+    labels = demo.label_set(samples, distractors=["cat", samples[0].label])
+    assert labels[: len(samples)] == [s.label for s in samples] and labels[-1] == "cat"
+    assert not set(demo.DISTRACTORS) & {s.label for s in samples}, "a distractor is also a sample label"
+    tags = {s.tag for s in samples}
+    for query, relevant in demo.QUERIES:  # every query has something to find
+        assert set(relevant) & tags, query
+
+
+def test_bundled_sample_and_attribution_are_complete() -> None:
+    root = demo.sample_dir()
+    with open(root / "labels.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    files = [r["file"] for r in rows]
+    assert len(files) == len(set(files)) and 24 <= len(files) <= 40
+    assert sorted(p.name for p in root.glob("*.png")) == sorted(files), "labels.csv and the PNG files differ"
+    assert len({r["label"] for r in rows}) == len(rows), "two sample images share a label"
+    attribution = (root / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    licences = {p.name for p in (root / "LICENSES").iterdir()}
+    for r in rows:
+        assert f"| `{r['file']}` |" in attribution, f"{r['file']} is not credited in ATTRIBUTION.md"
+        with Image.open(io.BytesIO((root / r["file"]).read_bytes())) as im:
+            assert im.format == "PNG" and max(im.size) <= 96
+    for name in re.findall(r"LICENSES/([\w.-]+)", attribution):
+        assert name in licences, f"ATTRIBUTION.md cites LICENSES/{name}, which is not bundled"
+    expected = {"google": "Apache-2.0", "twitter": "CC-BY-4.0", "openmoji": "CC-BY-SA-4.0", "clipart": "Public domain"}
+    for r in rows:
+        assert r["license"].startswith(expected[r["style"]]), r["file"]
+    assert {r["style"] for r in rows} == set(expected)
