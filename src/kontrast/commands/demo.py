@@ -22,7 +22,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from ..demo import TOP_K_SEARCH, run_demo
+
+    # A Hugging Face text tower would draw its own "Loading weights" bar over the summary; keep the screen clean.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     def progress(msg: str) -> None:
         if not args.quiet:
