@@ -309,10 +309,10 @@ box-shadow:0 1px 2px #0002}.stat b{display:block;font-size:22px}.stat span{font-
 .style{font-size:11px;color:#778}.pred{font-size:12px;margin-top:3px}.pred .bar{height:5px;background:#dde2ea;
 border-radius:3px}.pred .bar i{display:block;height:5px;border-radius:3px;background:#4a7bd0}
 .pred.t .bar i{background:#2a9d4b}.pred.t{font-weight:600}.row{display:flex;justify-content:space-between;gap:4px}.row span:first-child{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.queries{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:10px}
+.queries{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}
 .query{background:#fff;border-radius:8px;padding:10px 12px;box-shadow:0 1px 2px #0002}
 .query h3{margin:0 0 8px;font-size:14px}.query h3 small{font-weight:400;color:#667}
-.hits{display:flex;gap:10px;flex-wrap:wrap}.hit{width:104px;text-align:center;font-size:11px}
+.hits{display:flex;gap:8px;flex-wrap:wrap}.hit{width:92px;text-align:center;font-size:11px;overflow-wrap:anywhere}
 .hit .thumb{height:72px;border-radius:6px;border:2px solid #ddd}.hit.rel .thumb{border-color:#2a9d4b}
 .hit .thumb img{max-width:64px;max-height:64px}table{border-collapse:collapse;font-size:12px;background:#fff}
 td,th{padding:3px 8px;border-bottom:1px solid #e3e6eb;text-align:left}footer{font-size:12px;color:#667;padding:0 28px 24px}
