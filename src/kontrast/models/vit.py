@@ -108,16 +108,17 @@ class VisionTransformer(nn.Module):
         emb = self.embed(x)
         hidden.append(emb)
         n_layers = len(self.transformer.resblocks)
+        index = layer if layer >= 0 else n_layers + 1 + layer
+        if output == "tokens" and not 0 <= index <= n_layers:
+            raise ValueError(
+                f"layer {layer} out of range for a {n_layers}-layer vision tower (0..{n_layers} or -1..-{n_layers + 1})"
+            )
         if output == "tokens" and not return_attention:
-            index = layer if layer >= 0 else n_layers + 1 + layer
-            if not 0 <= index <= n_layers:
-                raise ValueError(f"layer {layer} out of range for a {n_layers}-layer vision tower")
             self.transformer(emb, hidden_states=hidden, stop_at=index)
         else:
             self.transformer(emb, hidden_states=hidden)
         states = tuple(h if include_class_token else h[:, 1:] for h in hidden)
         if output == "tokens":
-            index = layer if layer >= 0 else n_layers + 1 + layer
             result: torch.Tensor | tuple[torch.Tensor, ...] = states[index]
         elif output == "hidden_states":
             result = states
