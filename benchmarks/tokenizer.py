@@ -1,6 +1,6 @@
 """Benchmark: kontrast's CLIP tokenizer vs an open_clip-style SimpleTokenizer and HF CLIPTokenizerFast.
 
-Run:  python benchmarks/tokenizer.py [--n 10000] [--repeats 3]
+Run:  python benchmarks/tokenizer.py [--n 10000] [--repeats 5]
 
 Texts: ``--n`` deterministic captions, about 60% real emoji / clip-art captions read from the ``.txt``
 members of ``../shared/data/*/*.tar`` and 40% synthetic photo-style captions (a few with accents, emoji or
@@ -13,14 +13,16 @@ Peers (nothing is installed or downloaded):
   the same BPE file into a temp dir, called with ``padding="max_length", max_length=77, truncation=True,
   return_tensors="pt"``.
 
-Each timing is the best of ``--repeats`` runs; "cold" runs start with empty caches (a fresh reference
-tokenizer, ``Tokenizer.clear_cache()`` for kontrast). Exactness is the number of rows identical to the
-reference (for HF: ids up to its padding, which is ``<|endoftext|>`` rather than 0).
+Each timing is the best of ``--repeats`` rounds, the contenders interleaved within a round; "cold" runs
+start with empty caches (a fresh reference tokenizer, ``Tokenizer.clear_cache()`` for kontrast).
+Exactness is the number of rows identical to the reference (for HF: ids up to its padding, which is
+``<|endoftext|>`` rather than 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import gzip
 import html
@@ -33,6 +35,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import ftfy
@@ -231,35 +234,44 @@ def build_hf_fast(tmp: str, tok: Tokenizer):
     return CLIPTokenizerFast(vocab=vocab_file, merges=merges_file)  # transformers 5: file paths or objects
 
 
-def best_time(
-    fn: Callable[[], object], repeats: int, setup: Callable[[], None] | None = None
-) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls (``setup`` runs untimed before each) and the last result."""
-    best, result = float("inf"), None
+@dataclass
+class Contender:
+    """One timed configuration: ``setup`` runs untimed before each call of ``fn``."""
+
+    name: str
+    fn: Callable[[], torch.Tensor]
+    setup: Callable[[], None] | None = None
+    best: float = float("inf")
+    out: torch.Tensor | None = None
+
+
+def run_rounds(contenders: list[Contender], repeats: int) -> None:
+    """Time every contender once per round, ``repeats`` rounds, keeping each one's best time.
+
+    Interleaving the contenders gives each a similar share of a busy machine's good and bad moments.
+    """
     for _ in range(repeats):
-        if setup is not None:
-            setup()
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+        for c in contenders:
+            if c.setup is not None:
+                c.setup()
+            gc.collect()  # garbage left by the previous contender is not this one's cost
+            t0 = time.perf_counter()
+            c.out = c.fn()
+            c.best = min(c.best, time.perf_counter() - t0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="number of captions")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (best is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds; each contender's best is kept")
     args = parser.parse_args()
 
     texts = make_captions(args.n)
     n_ascii = sum(t.isascii() and "&" not in t for t in texts)
     print(
         f"{len(texts)} captions, {len(set(texts))} unique, {n_ascii} plain ASCII without '&'; "
-        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}"
+        f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}"
     )
-
-    tok = Tokenizer(backend="python")
-    rows: list[tuple[str, float, str]] = []  # (name, seconds, exactness)
 
     try:
         import open_clip
@@ -267,70 +279,65 @@ def main() -> None:
         ref = open_clip.SimpleTokenizer()
         ref_name = "open_clip SimpleTokenizer"
 
-        def ref_fn():
+        def ref_fn() -> torch.Tensor:
             return ref(texts, context_length=CONTEXT)
 
-        def ref_setup():
+        def ref_setup() -> None:
             ref.cache = {k: v for k, v in ref.cache.items() if k.startswith("<")}
     except Exception as e:  # noqa: BLE001 - any failure (it needs torchvision) means: use the reference
         print(f"open_clip not importable ({type(e).__name__}: {e}); timing a plain re-implementation instead")
         ref_name = "open_clip-equivalent reference (open_clip not importable)"
-        holder: dict[str, ReferenceSimpleTokenizer] = {}
+        holder = {"t": ReferenceSimpleTokenizer(default_bpe_path())}
 
-        def ref_setup():
+        def ref_setup() -> None:
             holder["t"] = ReferenceSimpleTokenizer(default_bpe_path())
 
-        def ref_fn():
+        def ref_fn() -> torch.Tensor:
             return holder["t"](texts)
 
-    t_ref, ref_out = best_time(ref_fn, args.repeats, ref_setup)
-    rows.append((ref_name + " [cold]", t_ref, "reference"))
-    t_ref_warm, _ = best_time(ref_fn, args.repeats)  # same instance again: its word cache is filled
-    rows.append((ref_name + " [warm]", t_ref_warm, "reference"))
-
-    def exact(out: torch.Tensor) -> str:
-        same = int((out == ref_out).all(dim=1).sum())
-        return f"{same}/{len(texts)} rows"
-
+    ref_cold = Contender(f"{ref_name} [cold]", ref_fn, ref_setup)
+    ref_warm = Contender(f"{ref_name} [warm]", ref_fn)  # runs right after the cold call: word cache filled
+    contenders = [ref_cold, ref_warm]
     for backend in ("auto", "python"):
         k = Tokenizer(backend=backend)
         label = f"kontrast Tokenizer(backend={backend!r} -> {k.backend})"
-        t_cold, out = best_time(lambda k=k: k(texts), args.repeats, k.clear_cache)
-        rows.append((f"{label} [cold caches]", t_cold, exact(out)))
-        t_warm, out = best_time(lambda k=k: k(texts), args.repeats)
-        rows.append((f"{label} [warm caches]", t_warm, exact(out)))
+        contenders.append(Contender(f"{label} [cold caches]", lambda k=k: k(texts), k.clear_cache))
+        contenders.append(Contender(f"{label} [warm caches]", lambda k=k: k(texts)))
 
     def fresh() -> torch.Tensor:  # a new process's first call: vocabulary file, Rust model, empty caches
         _load_vocab.cache_clear()
         return Tokenizer()(texts)
 
-    t_fresh, out = best_time(fresh, args.repeats)
-    rows.append(("kontrast Tokenizer() built from the .gz + first call", t_fresh, exact(out)))
+    contenders.append(Contender("kontrast Tokenizer() built from the .gz + first call", fresh))
 
     with tempfile.TemporaryDirectory() as tmp:
-        hf = build_hf_fast(tmp, tok)
+        hf = build_hf_fast(tmp, Tokenizer(backend="python"))
 
-        def hf_fn():
-            return hf(texts, padding="max_length", max_length=CONTEXT, truncation=True, return_tensors="pt")
-
-        t_hf, enc = best_time(hf_fn, args.repeats)
-        hf_ids = enc["input_ids"].masked_fill(
+    def hf_fn() -> torch.Tensor:
+        enc = hf(texts, padding="max_length", max_length=CONTEXT, truncation=True, return_tensors="pt")
+        return enc["input_ids"].masked_fill(
             enc["attention_mask"] == 0, 0
-        )  # HF pads with eot; reference with 0
-        rows.append(("HF CLIPTokenizerFast (Rust)", t_hf, exact(hf_ids)))
+        )  # HF pads with eot, open_clip with 0
+
+    hf_c = Contender("HF CLIPTokenizerFast (Rust)", hf_fn)
+    contenders.append(hf_c)
+    run_rounds(contenders, args.repeats)
 
     print(
         f"\n{'tokenizer':<66} {'texts/s':>9} {'ms':>7} {'/ref cold':>9} {'/ref warm':>9} {'/HF':>6}"
         "  exact vs ref"
     )
-    for name, sec, ex in rows:
+    for c in contenders:
+        same = int((c.out == ref_cold.out).all(dim=1).sum())
+        exact = "reference" if c is ref_cold else f"{same}/{len(texts)} rows"
         print(
-            f"{name:<66} {len(texts) / sec:>9,.0f} {sec * 1e3:>7.1f} {t_ref / sec:>8.1f}x"
-            f" {t_ref_warm / sec:>8.1f}x {t_hf / sec:>5.1f}x  {ex}"
+            f"{c.name:<66} {len(texts) / c.best:>9,.0f} {c.best * 1e3:>7.1f} {ref_cold.best / c.best:>8.1f}x"
+            f" {ref_warm.best / c.best:>8.1f}x {hf_c.best / c.best:>5.1f}x  {exact}"
         )
     print(
-        "(ratios are speed-ups: the row's texts/s divided by the peer's; "
-        "cold = caches emptied before each run; the reference's construction is not timed)"
+        "(ratios are speed-ups: the row's texts/s divided by the peer's; best of "
+        f"{args.repeats} interleaved rounds; cold = caches emptied before each run; "
+        "the reference's construction is not timed)"
     )
 
 

@@ -277,7 +277,7 @@ class Tokenizer:
         """Ids of an already cleaned (collapsed, lowercased) text, one cached look-up per chunk."""
         cache = self._chunk_cache
         ids: list[int] = []
-        for chunk in cleaned.split():
+        for chunk in cleaned.split():  # a plain loop measured faster than map/chain variants
             c = cache.get(chunk)
             ids.extend(c if c is not None else self._encode_chunk(chunk))
         return ids
@@ -372,14 +372,14 @@ class Tokenizer:
                 ids = ids[: ctx - 2]
             rows.append(ids)
         n = len(rows)
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=n)
         out = np.zeros((n, ctx), dtype=np.int64)
         if n:
             out[:, 0] = sot
             out[np.arange(n), lengths + 1] = eot  # truncation keeps eot as the last id, like open_clip
             total = int(lengths.sum())
             if total:
-                flat = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=total)
+                flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
                 row_idx = np.repeat(np.arange(n), lengths)
                 starts = np.cumsum(lengths) - lengths  # offset of each row in ``flat``
                 col_idx = np.arange(total) - np.repeat(starts, lengths) + 1
