@@ -133,7 +133,8 @@ def test_long_labels_warn_or_average(emoji, model_path, capsys):
     root, names = emoji
     long_label = " ".join(["an extremely detailed description of a small yellow bird"] * 12)
     image = str(sorted((root / "google").glob("*.png"))[0])
-    args = ["classify", image, "--labels", names[0], long_label, "--model", model_path, "--json", "--templates", "simple"]
+    args = ["classify", image, "--labels", names[0], long_label, "--model", model_path, "--json",
+            "--templates", "simple"]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "warning:" in captured.err and "truncated" in captured.err

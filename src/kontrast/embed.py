@@ -206,7 +206,8 @@ class EmbedJob:
             "model": {"name": str(self.model_name), "fingerprint": fingerprint(self.model),
                       "architecture": self.model.config.name},
             "source": {"spec": self.spec, "paths": paths, "kind": self.source.kind, "units": names},
-            "dtype": self.dtype, "dim": int(self.model.embed_dim), "normalized": True, "text": self.tokenizer is not None,
+            "dtype": self.dtype, "dim": int(self.model.embed_dim), "normalized": True,
+            "text": self.tokenizer is not None,
             "metadata_format": "parquet" if _has_pyarrow() else "csv", "units_total": len(self.units),
             "units_done": 0, "rows": 0, "skipped": 0, "world_size": self.world_size, "created": _now(),
         }
@@ -227,17 +228,21 @@ class EmbedJob:
     def _check_resume(self, old: dict[str, Any]) -> None:
         new = self.manifest
         if old.get("format") != FORMAT:
-            raise KontrastError(f"{self.out / MANIFEST} is not a kontrast embeddings manifest; use another --out folder")
+            raise KontrastError(f"{self.out / MANIFEST} is not a kontrast embeddings manifest; "
+                                "use another --out folder")
         fp_old, fp_new = old.get("model", {}).get("fingerprint"), new["model"]["fingerprint"]
         if fp_old != fp_new:
             raise KontrastError(f"{self.out} was embedded with another model (fingerprint {fp_old}, "
-                                f"{old.get('model', {}).get('name')}); this model is {fp_new}: use the same --model or a new --out")
+                                f"{old.get('model', {}).get('name')}); this model is {fp_new}: "
+                                "use the same --model or a new --out")
         if old.get("source", {}).get("paths") != new["source"]["paths"]:
-            raise KontrastError(f"{self.out} was embedded from another source ({' '.join(old.get('source', {}).get('spec', []))}); "
+            old_spec = " ".join(old.get("source", {}).get("spec", []))
+            raise KontrastError(f"{self.out} was embedded from another source ({old_spec}); "
                                 "use the same SOURCE or a new --out")
         if old.get("source", {}).get("units") != new["source"]["units"]:
+            n_old = len(old["source"].get("units", []))
             raise KontrastError(f"the files in {' '.join(self.spec)} changed since {self.out} was started "
-                                f"({len(old['source'].get('units', []))} units then, {len(self.units)} now); use a new --out")
+                                f"({n_old} units then, {len(self.units)} now); use a new --out")
         for key, flag in (("dtype", "--dtype"), ("text", "--text")):
             if old.get(key) != new[key]:
                 raise KontrastError(f"{self.out} was started with {flag} {old.get(key)} (now {new[key]}); "
@@ -355,7 +360,8 @@ def load_embeddings(out_dir: str | os.PathLike, text: bool = False, dtype: Any =
     total = int(manifest["units_total"])
     done = [i for i in range(total) if (out / f"{unit_stem(i)}.done.json").is_file()]
     if len(done) < total and not allow_partial:
-        raise KontrastError(f"{out} is incomplete ({len(done)} of {total} units); rerun kontrast embed with the same arguments")
+        raise KontrastError(f"{out} is incomplete ({len(done)} of {total} units); "
+                            "rerun kontrast embed with the same arguments")
     arrays, metas = [], []
     suffix = ".text.npy" if text else ".npy"
     for i in done:

@@ -87,7 +87,9 @@ def load_templates(spec: str | os.PathLike | Sequence[str] | None = "imagenet") 
         raise KontrastError(f"{origin}: no templates (give at least one line with '{{}}' for the class name)")
     for t in templates:
         if "{}" not in t:
-            raise KontrastError(f"{origin}: template {t!r} has no '{{}}' where the class name goes; add it, e.g. 'a photo of a {{}}.'")
+            raise KontrastError(
+                f"{origin}: template {t!r} has no '{{}}' where the class name goes; add it, e.g. 'a photo of a {{}}.'"
+            )
     return templates
 
 

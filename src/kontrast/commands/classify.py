@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--labels", nargs="+", default=[], metavar="LABEL", help='class names, e.g. cat dog "a red car"')
     p.add_argument("--labels-file", default=None, metavar="FILE", help="a text file with one class name per line")
     p.add_argument("--templates", default="simple",
-                   help="prompt templates: 'simple' (default), 'imagenet' (OpenAI's 80), or a file with one '{}' template per line")
+                   help="prompt templates: 'simple' (default), 'imagenet' (OpenAI's 80), "
+                        "or a file with one '{}' template per line")
     p.add_argument("--top-k", type=int, default=5, help="labels shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--long-text", choices=["truncate", "average"], default="truncate",
@@ -46,7 +47,8 @@ def read_labels(labels: list[str], labels_file: str | None) -> list[str]:
         try:
             text = Path(labels_file).expanduser().read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise KontrastError(f"cannot read labels file {labels_file}: {exc}; give a UTF-8 file with one label a line") from exc
+            raise KontrastError(f"cannot read labels file {labels_file}: {exc}; "
+                                "give a UTF-8 file with one label a line") from exc
         names += [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise KontrastError("no labels: pass --labels cat dog ... or --labels-file FILE")
@@ -126,5 +128,6 @@ def run(args: argparse.Namespace) -> int:
                 _print_table(path, row)
         done += len(batch_paths)
     if failed:
-        print(f"kontrast classify: {failed} of {len(paths)} image(s) could not be read; {done} classified", file=sys.stderr)
+        print(f"kontrast classify: {failed} of {len(paths)} image(s) could not be read; {done} classified",
+              file=sys.stderr)
     return 0 if done else 1

@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("embed", help="embed an image folder, CSV or webdataset shards into .npy shards",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("source", nargs="+", metavar="SOURCE",
-                   help="image folder (recursive), a .csv (filepath,caption), or .tar shards (paths, globs, data-{000..009}.tar)")
+                   help="image folder (recursive), a .csv (filepath,caption), "
+                        "or .tar shards (paths, globs, data-{000..009}.tar)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (re-run with the same one to resume)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images (0: in this process)")
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     job.barrier = make_barrier(world)
     who = f"rank {rank}/{world}: " if world > 1 else ""
     if not job.pending:
-        print(f"{who}nothing to do: {job.count_done()} of {len(job.units)} units already in {job.out}", file=sys.stderr)
+        print(f"{who}nothing to do: {job.count_done()} of {len(job.units)} units already in {job.out}",
+              file=sys.stderr)
     bar = tqdm(total=job.expected_images(), unit="img", desc=f"{who}embedding", position=rank, dynamic_ncols=True,
                disable=args.no_progress or not job.pending, file=sys.stderr)
     try:
