@@ -254,3 +254,6 @@ def test_folder_source_skips_decompression_bombs(loaded, tmp_path, monkeypatch):
     assert metas[0]["meta"] == {"label": "sub"} and (metas[0]["width"], metas[0]["height"]) == (40, 30)
     reasons = {json.loads(x)["key"]: json.loads(x)["reason"] for x in (out / "skipped.jsonl").read_text().splitlines()}
     assert set(reasons) == {"sub/huge.png", "sub/short.jpg"} and "decompression bomb" in reasons["sub/huge.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KontrastError, match="no images found"):
+        E.embed_collection(model, preprocess, tmp_path / "empty", tmp_path / "emb2")

@@ -200,6 +200,8 @@ class EmbedJob:
         paths = [os.path.abspath(p) for p in expand_paths(self.spec)]
         self.source = open_source(paths)
         self.units = list(self.source.units())
+        if not self.units:
+            raise KontrastError(f"no images found in {' '.join(self.spec)} (looked for .png .jpg .jpeg .webp ...)")
         names = [self.source.unit_name(u) for u in self.units]
         self.manifest = {
             "format": FORMAT, "version": 1, "kontrast_version": __version__, "status": "running",

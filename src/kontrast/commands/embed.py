@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     report = job.finish(report)
+    if job.barrier is not None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if rank == 0:
         state = "complete" if report.complete else f"incomplete ({report.units_done} of {report.units_total} units)"
         total_skipped = job.manifest.get("skipped", 0)
