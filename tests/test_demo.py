@@ -19,6 +19,12 @@ from kontrast import demo
 from kontrast.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch) -> None:
+    """Zero-shot classifiers are cached on disk; keep the tests' cache out of the user's home."""
+    monkeypatch.setenv("KONTRAST_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory) -> Path:
     """A tiny random CLIP saved in kontrast format."""

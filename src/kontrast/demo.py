@@ -171,19 +171,11 @@ def with_article(label: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the model work
-@torch.no_grad()
-def _encode_texts(model, tokenizer, texts: list[str], n_templates: int) -> torch.Tensor:
-    """Normalised text embeddings averaged over groups of ``n_templates`` consecutive prompts -> ``[G, E]``."""
-    device = next(model.parameters()).device
-    emb = model.encode_text(tokenizer(texts).to(device), normalize=True).float()
-    emb = emb.reshape(-1, n_templates, emb.shape[-1])  # [G*T, E] -> [G, T, E]
-    return torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
-
-
 def label_embeddings(model, tokenizer, labels: Sequence[str]) -> torch.Tensor:
-    """Zero-shot classifier weights ``[C, E]``: the normalised mean of each label's prompt embeddings."""
-    prompts = [t.format(with_article(label)) for label in labels for t in LABEL_TEMPLATES]
-    return _encode_texts(model, tokenizer, prompts, len(LABEL_TEMPLATES))
+    """Zero-shot classifier weights ``[C, E]`` (``kontrast.zeroshot``): prompt ensemble of each label with its article."""
+    from .zeroshot import build_classifier
+
+    return build_classifier(model, tokenizer, [with_article(label) for label in labels], templates=list(LABEL_TEMPLATES))
 
 
 @torch.no_grad()
@@ -197,8 +189,9 @@ def image_embeddings(model, preprocess, samples: Sequence[SampleImage]) -> torch
 def classify(model, img: torch.Tensor, txt: torch.Tensor, samples: Sequence[SampleImage],
              labels: Sequence[str], k: int = TOP_K_LABELS) -> list[Classification]:
     """Softmax over ``logit_scale * cosine`` for each image; top-k labels and the rank of the true one."""
-    scale = float(model.logit_scale.detach().exp().clamp(max=100))
-    probs = (scale * img @ txt.T).softmax(dim=-1)  # [N, C]
+    from .zeroshot import classify as zeroshot_probs
+
+    probs = zeroshot_probs(model, img, txt)  # [N, C]
     order = probs.argsort(dim=-1, descending=True)
     out = []
     for i, s in enumerate(samples):
@@ -211,9 +204,13 @@ def classify(model, img: torch.Tensor, txt: torch.Tensor, samples: Sequence[Samp
 def search(model, tokenizer, img: torch.Tensor, samples: Sequence[SampleImage],
            queries: Sequence[tuple[str, Sequence[str]]] = QUERIES, k: int = TOP_K_SEARCH) -> list[SearchResult]:
     """Rank the sample by cosine similarity to each query (a small prompt ensemble of the query as typed)."""
+    from .text_features import encode_texts
+
     prompts = [t.format(q) for q, _ in queries for t in QUERY_TEMPLATES]
-    q_emb = _encode_texts(model, tokenizer, prompts, len(QUERY_TEMPLATES))  # [Q, E]
-    sims = q_emb @ img.T  # [Q, N]
+    emb = encode_texts(model, tokenizer, prompts).float()  # [Q*T, E], unit rows
+    emb = emb.reshape(len(queries), len(QUERY_TEMPLATES), -1)  # [Q*T, E] -> [Q, T, E]
+    q_emb = torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)  # [Q, E]
+    sims = q_emb @ img.to(q_emb.device).T  # [Q, N]
     results = []
     for qi, (query, tags) in enumerate(queries):
         top = sims[qi].argsort(descending=True)[:k].tolist()
