@@ -16,6 +16,9 @@ import warnings
 # Sub-command modules, in the order ``kontrast --help`` lists them. One line per command.
 COMMANDS = [
     "info",
+    "index",
+    "search",
+    "serve",
     "classify",
     "embed",
     "demo",

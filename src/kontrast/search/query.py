@@ -1,0 +1,191 @@
+"""Queries against a search index: text->image, image->image, captions (->text), exclusion, zero-shot labels.
+
+A query may have a text, an image, or both; the query vector is then the normalised mean of their
+normalised embeddings. ``captions=True`` searches the caption embeddings instead of the image
+embeddings (image->text with an image query, text->text with a text query).
+
+``exclude``: a zero-shot filter on each result's *image* embedding ``v``. With ``exclude_threshold=T``, a
+result is dropped when ``max_j cos(v, exclude_j) > T``. Without a threshold, a result is dropped when it is
+closer to an excluded text than to the query text (``max_j cos(v, exclude_j) > cos(v, query_text)``), the
+two-class zero-shot decision; an image-only query has no text to compare with and needs a threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import KontrastError
+from .index import SearchIndex
+
+
+@dataclass
+class SearchResult:
+    rank: int
+    score: float
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    caption: str | None
+    size: int | None = None
+    sha256: str | None = None
+    kind: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Searcher:
+    """One model and one index; thread-safe (model calls are serialised by a lock, FAISS reads are shared)."""
+
+    def __init__(self, index: SearchIndex, model: torch.nn.Module, preprocess: Callable, tokenizer: Callable,
+                 spec: str, lock: bool = True) -> None:
+        from ..api import fingerprint
+
+        index.check_model(fingerprint(model), spec)
+        self.index, self.model, self.preprocess, self.tokenizer = index, model, preprocess, tokenizer
+        self.model.eval()
+        self._lock = threading.Lock() if lock else None
+        self._device = next(model.parameters()).device
+        self._dtype = next(model.visual.parameters()).dtype
+
+    @classmethod
+    def open(cls, folder: str, model: str | None = None, pretrained: str | None = None, device: str = "cpu",
+             precision: str = "fp32", lock: bool = True) -> "Searcher":
+        """Open an index with its own model (``model=None``: the spec recorded when it was built)."""
+        from ..api import load
+
+        index = SearchIndex(folder)
+        spec = model or index.model_spec
+        if not spec:
+            raise KontrastError(f"index {folder} records no model; pass --model")
+        m, preprocess, tokenizer = load(spec, pretrained=pretrained, device=device, precision=precision)
+        return cls(index, m, preprocess, tokenizer, spec, lock=lock)
+
+    def _model_lock(self):
+        return self._lock if self._lock is not None else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------- encoding
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised text embeddings [n, D] (float32)."""
+        ids = self.tokenizer(list(texts))
+        with self._model_lock(), torch.inference_mode():
+            out = self.model.encode_text(ids.to(self._device), normalize=True)
+        return out.float().cpu().numpy()
+
+    def encode_image(self, image: Any) -> np.ndarray:
+        """Normalised embedding [D] of one image (path, bytes or PIL image); ``ImageError`` if unreadable."""
+        from ..preprocess import load_image
+
+        pixels = self.preprocess(load_image(image))
+        x = pixels.unsqueeze(0).to(device=self._device, dtype=self._dtype)  # [3, H, W] -> [1, 3, H, W]
+        with self._model_lock(), torch.inference_mode():
+            out = self.model.encode_image(x, normalize=True)
+        return out.float().cpu().numpy()[0]
+
+    def query_vector(self, text: str | None = None, image: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(query [D], text embedding [D] or None)``: the normalised mean of the given parts."""
+        parts, text_vec = [], None
+        if text:
+            text_vec = self.encode_text([text])[0]
+            parts.append(text_vec)
+        if image is not None:
+            parts.append(self.encode_image(image))
+        if not parts:
+            raise KontrastError("nothing to search for: give a text query and/or an image (--image FILE)")
+        q = np.mean(parts, axis=0)
+        return (q / max(float(np.linalg.norm(q)), 1e-12)).astype(np.float32), text_vec
+
+    # --------------------------------------------------------------------------------------- search
+    def search(self, text: str | None = None, image: Any = None, k: int = 20, exclude: Sequence[str] = (),
+               exclude_threshold: float | None = None, captions: bool = False) -> list[SearchResult]:
+        """Top ``k`` results, best first (see the module docstring for ``exclude`` and ``captions``)."""
+        if k < 1:
+            raise KontrastError(f"--top-k {k} must be >= 1")
+        exclude = [e for e in exclude if e]
+        if exclude and exclude_threshold is None and not text:
+            raise KontrastError("--exclude with an image-only query needs --exclude-threshold T (e.g. 0.25)")
+        query, text_vec = self.query_vector(text, image)
+        ex_vecs = self.encode_text(exclude) if exclude else None
+        name = "caption" if captions else "image"
+        loaded = self.index.ann(name)
+        total = loaded.index.ntotal if loaded is not None else 0
+        fetch = k if ex_vecs is None else k * 4 + 16
+        while True:
+            scores, ids = self.index.search(query, fetch, name)
+            hits = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            kept = self._filter(hits, ex_vecs, text_vec, exclude_threshold) if ex_vecs is not None else hits
+            rows = self.index.store.rows([i for _, i in kept])
+            kept = [(s, i) for s, i in kept if i in rows]  # ids an HNSW index still holds after a deletion
+            if len(kept) >= k or fetch >= total:
+                break
+            fetch = min(total, fetch * 4)
+        kept = kept[:k]
+        canon = [rows[i]["alias_of"] or i for _, i in kept]
+        aliases = self.index.store.aliases(canon)
+        results = []
+        for rank, ((score, i), c) in enumerate(zip(kept, canon), start=1):
+            r = rows[i]
+            others = [p for p in aliases.get(c, []) + ([self._path(c)] if c != i else []) if p != r["path"]]
+            results.append(SearchResult(rank=rank, score=round(score, 6), id=i, path=r["path"], width=r["width"],
+                                        height=r["height"], caption=r["caption"], size=r["size"], sha256=r["sha256"],
+                                        kind=r["kind"], aliases=others, meta=r["meta"]))
+        return results
+
+    def _path(self, row_id: int) -> str:
+        row = self.index.store.rows([row_id]).get(row_id)
+        return row["path"] if row else ""
+
+    def _filter(self, hits: list[tuple[float, int]], ex_vecs: np.ndarray, text_vec: np.ndarray | None,
+                threshold: float | None) -> list[tuple[float, int]]:
+        """Drop hits whose image is closer to an excluded text than allowed."""
+        store, dim = self.index.store, self.index.dim
+        rows = store.rows([i for _, i in hits])
+        owner = {i: (rows[i]["alias_of"] or i) for _, i in hits if i in rows}
+        vecs = store.vectors(set(owner.values()), "image_vec", dim)
+        kept = []
+        for score, i in hits:
+            v = vecs.get(owner.get(i, -1))
+            if v is None:
+                continue
+            ex = float(np.max(ex_vecs @ v))
+            limit = threshold if threshold is not None else float(text_vec @ v)
+            if ex <= limit:
+                kept.append((score, i))
+        return kept
+
+    # ----------------------------------------------------------------------------------- zero-shot
+    def classify(self, image: Any, labels: Sequence[str], template: str = "a photo of a {}.") -> list[dict[str, Any]]:
+        """Zero-shot label scores for one image: ``[{label, score, prob}]`` sorted by probability.
+
+        ``score`` is the cosine similarity with ``template.format(label)``; ``prob`` the softmax of
+        ``logit_scale * score`` over the labels (a sigmoid with the bias for SigLIP-style models).
+        """
+        labels = [str(label).strip() for label in labels if str(label).strip()]
+        if not labels:
+            raise KontrastError("give at least one label to classify against")
+        if "{}" not in template:
+            raise KontrastError(f"template {template!r} has no {{}} placeholder for the label")
+        img = self.encode_image(image)
+        txt = self.encode_text([template.format(label) for label in labels])
+        sims = txt @ img  # [L]
+        scale = float(self.model.logit_scale.detach().exp())
+        bias = getattr(self.model, "logit_bias", None)
+        if bias is not None:
+            probs = [1 / (1 + math.exp(-(scale * s + float(bias.detach())))) for s in sims]
+        else:
+            logits = scale * sims
+            e = np.exp(logits - logits.max())
+            probs = list(e / e.sum())
+        out = [{"label": label, "score": round(float(s), 6), "prob": round(float(p), 6)}
+               for label, s, p in zip(labels, sims, probs)]
+        return sorted(out, key=lambda d: -d["prob"])
