@@ -6,6 +6,8 @@ Parameter names follow OpenAI's checkpoints (``visual.*``, ``token_embedding``, 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +16,12 @@ from ..config import ModelConfig
 from .layers import Transformer
 from .resnet import ModifiedResNet
 from .vit import VisionTransformer
+
+
+def _tracing() -> bool:
+    """True while a tracer/exporter/compiler records the graph: data-dependent shapes must not be baked in."""
+    onnx = sys.modules.get("torch.onnx")  # not imported unless an export is running
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or (onnx is not None and onnx.is_in_onnx_export())
 
 
 def build_visual(cfg: ModelConfig) -> nn.Module:
@@ -106,12 +114,14 @@ class CLIP(nn.Module):
         if self.config.text.hf_model:
             features = self.text(ids)
         else:
+            eot = ids.argmax(dim=-1)  # the end-of-text id 49407 is the largest id
+            if ids.shape[0] and not _tracing():
+                # causal attention: positions after the last end-of-text token never reach a pooled row
+                ids = ids[:, : int(eot.max()) + 1]  # [N, L] -> [N, L']
             x = self.token_embedding(ids)  # [N, L, W]
             x = x + self.positional_embedding[: ids.shape[1]].to(x.dtype)
-            x = self.transformer(x, causal=True)
-            x = self.ln_final(x)
-            eot = ids.argmax(dim=-1)  # the end-of-text id 49407 is the largest id
-            features = x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
+            x = self.transformer.forward_pooled(x, eot, causal=True)  # [N, L, W] -> [N, W] at the EOT tokens
+            features = self.ln_final(x) @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features
 
     def get_logits(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Transformer
+from .layers import Transformer, _onednn_ok, linear_params
 
 
 def interpolate_pos_embed(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
@@ -69,11 +69,27 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.proj, std=width**-0.5)
         self.transformer.init_weights()
 
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding (the ``conv1`` convolution), batch-first: ``[N, 3, H, W] -> [N, g*g, D]``.
+
+        At inference on CPU the stride-p, p x p convolution runs as one matrix multiply over the
+        non-overlapping patches, about twice as fast as the convolution kernel; same numbers to rounding.
+        """
+        n, c, h, w = x.shape
+        p, weight = self.patch_size, self.conv1.weight
+        if type(self.conv1) is nn.Conv2d and h % p == 0 and w % p == 0 and _onednn_ok(x, weight):
+            gh, gw = h // p, w // p
+            # [N, C, gh*p, gw*p] -> [N, C, gh, p, gw, p] -> [N, gh, gw, C, p, p] -> [N, gh*gw, C*p*p]
+            patches = x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * p * p)
+            # [D, C, p, p] -> [D, C*p*p], the same (channel, row, column) order as the patches
+            return linear_params(patches, weight.reshape(weight.shape[0], -1), self.conv1.bias)
+        x = self.conv1(x)  # [N, D, gh, gw]
+        return x.flatten(2).transpose(1, 2)  # [N, D, gh, gw] -> [N, gh*gw, D]
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patchify, prepend the class token, add positions, ``ln_pre``: ``[N, 3, H, W] -> [N, 1+g*g, D]``."""
-        x = self.conv1(x.to(self.conv1.weight.dtype))  # [N, D, g, g]
-        n, width = x.shape[0], x.shape[1]
-        x = x.flatten(2).transpose(1, 2)  # [N, D, g, g] -> [N, g*g, D]
+        x = self.patchify(x.to(self.conv1.weight.dtype))  # [N, g*g, D]
+        n, width = x.shape[0], x.shape[2]
         cls = self.class_embedding.to(x.dtype).expand(n, 1, width)  # [N, 1, D]
         x = torch.cat([cls, x], dim=1)  # [N, 1+g*g, D]
         pos = self.positional_embedding
@@ -87,7 +103,10 @@ class VisionTransformer(nn.Module):
         return self.ln_post(tokens[:, 0]) @ self.proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.transformer(self.embed(x)))
+        """Image embeddings ``[N, E]``: ``head(transformer(embed(x)))``, with the last block computed for the
+        class token only (the other rows of its output are never read)."""
+        cls = self.transformer.forward_pooled(self.embed(x), 0)  # [N, 1+g*g, D] -> [N, D]
+        return self.ln_post(cls) @ self.proj
 
     def forward_features(
         self,
