@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class SearchIndex:
         self.store = Store(self.folder, readonly=readonly)
         self.readonly = readonly
         self._anns: dict[str, LoadedAnn | None] = {}
+        self._load_lock = threading.Lock()  # server threads: load each FAISS index once
 
     @classmethod
     def create(cls, folder: str | os.PathLike, model_spec: str, model_fingerprint: str, embed_dim: int,
@@ -123,7 +125,9 @@ class SearchIndex:
     def ann(self, name: str) -> LoadedAnn | None:
         """The FAISS index of column ``name`` ("image" or "caption"), up to date; None when it has no vectors."""
         if name not in self._anns:
-            self._anns[name] = self._load(name)
+            with self._load_lock:
+                if name not in self._anns:
+                    self._anns[name] = self._load(name)
         return self._anns[name]
 
     def _load(self, name: str) -> LoadedAnn | None:

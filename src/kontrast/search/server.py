@@ -110,6 +110,8 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 1024 * 1024,
     app = FastAPI(title="kontrast search", version=__version__,
                   description="CLIP search over a kontrast index: text->image, image->image, captions, zero-shot.")
     media = MediaReader(thumb_cache_bytes)
+    for name in ("image", "caption"):  # load the FAISS indexes now, not on the first request
+        searcher.index.ann(name)
     store = searcher.index.store
     app.state.searcher = searcher
     app.state.media = media
