@@ -1,0 +1,187 @@
+"""Frozen features of an evaluation dataset, computed once and cached on disk.
+
+Image features are keyed by (model fingerprint, preprocessing, dataset kind + resolved paths + the
+size and mtime of every file read, split, label / caption fields), so editing, adding or removing a
+file invalidates the entry. Caption features are keyed by (model fingerprint, the caption texts).
+Entries are plain ``.npz`` files (no pickles) under ``cache_dir``: ``--cache-dir``, else
+``$KONTRAST_CACHE/features``, else ``~/.cache/kontrast/features``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import KontrastError
+from ..pipeline import embed_all
+from .datasets import EvalCsvSource, EvalDataset, record_captions, record_label
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Features:
+    """Normalised image features of a dataset, with each image's label and captions (source order)."""
+
+    image: np.ndarray  # [N, D] float32, L2-normalised
+    keys: list[str]
+    labels: list[str | None]
+    captions: list[list[str]]
+    skipped: int = 0  # records that could not be decoded
+    cached: bool = False  # True when read from the cache
+
+
+def default_cache_dir() -> Path:
+    """``$KONTRAST_CACHE/features`` if set, else ``~/.cache/kontrast/features``."""
+    root = os.environ.get("KONTRAST_CACHE")
+    return Path(root).expanduser() / "features" if root else Path.home() / ".cache" / "kontrast" / "features"
+
+
+def _file_stats(dataset: EvalDataset) -> list[tuple[str, int, int]]:
+    files: list[Path] = []
+    source = dataset.source
+    if isinstance(source, EvalCsvSource):
+        files = [source.path] + [source.image_path(item) for item in source.items]
+    elif hasattr(source, "files"):
+        root = Path(dataset.paths[0])
+        files = list(source.files) + [p for p in (root / "classnames.txt", root / "templates.txt") if p.is_file()]
+        files += [f.with_suffix(".txt") for f in source.files if f.with_suffix(".txt").is_file()]
+    else:
+        files = [Path(p) for p in dataset.paths]
+    stats = []
+    for path in files:
+        try:
+            st = path.stat()
+            stats.append((str(path), st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((str(path), -1, -1))
+    return stats
+
+
+def dataset_key(dataset: EvalDataset) -> str:
+    """A digest of everything about the dataset that changes its records (files, sizes, mtimes, fields)."""
+    h = hashlib.sha256()
+    head = {"kind": dataset.kind, "paths": [os.path.abspath(p) for p in dataset.paths], "split": dataset.split,
+            "label_field": dataset.label_field, "caption_field": dataset.caption_field}
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for name, size, mtime in _file_stats(dataset):
+        h.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _preprocess_id(preprocess: Any) -> str:
+    text = repr(preprocess)
+    return type(preprocess).__name__ if " at 0x" in text else text
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+        return None
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def image_features(
+    model: Any,
+    preprocess: Callable,
+    dataset: EvalDataset,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Features:
+    """Normalised image features of every readable record of ``dataset`` (from the cache when possible).
+
+    Unreadable images are skipped and counted; a dataset with no readable image raises ``KontrastError``.
+    """
+    from ..api import fingerprint
+
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, fingerprint(model), _preprocess_id(preprocess),
+                                     dataset_key(dataset)]).encode()).hexdigest()[:32]
+    path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = path / f"img-{key}.npz"
+    if use_cache and path.is_file():
+        z = _load_npz(path)
+        if z is not None:
+            logger.info("image features of %s read from %s", dataset.spec, path)
+            offsets = z["caption_offsets"]
+            flat = z["captions"].tolist()
+            captions = [flat[offsets[i]: offsets[i + 1]] for i in range(len(offsets) - 1)]
+            labels = [lab if has else None for lab, has in zip(z["labels"].tolist(), z["has_label"].tolist())]
+            return Features(z["image"], z["keys"].tolist(), labels, captions, int(z["skipped"]), cached=True)
+
+    emb, metas, skipped = embed_all(model, preprocess, dataset.source, batch_size=batch_size, workers=workers,
+                                    progress=progress, normalize=True)
+    if skipped:
+        logger.warning("%d of %d images in %s could not be read and were skipped (first: %s: %s)", len(skipped),
+                       len(skipped) + len(metas), dataset.spec, skipped[0].source, skipped[0].reason)
+    if not metas:
+        raise KontrastError(f"empty split: no readable image in {dataset.spec}"
+                            + (f" ({len(skipped)} unreadable)" if skipped else ""))
+    feats = Features(_normalise(np.asarray(emb, dtype=np.float32)), [m["key"] for m in metas],
+                     [record_label(dataset, m) for m in metas], [record_captions(dataset, m) for m in metas],
+                     len(skipped))
+    if use_cache:
+        flat = [c for caps in feats.captions for c in caps]
+        offsets = np.cumsum([0] + [len(c) for c in feats.captions]).astype(np.int64)
+        _save_npz(path, image=feats.image, keys=np.array(feats.keys, dtype=str),
+                  labels=np.array([lab or "" for lab in feats.labels], dtype=str),
+                  has_label=np.array([lab is not None for lab in feats.labels], dtype=bool),
+                  captions=np.array(flat, dtype=str), caption_offsets=offsets, skipped=np.int64(feats.skipped))
+    return feats
+
+
+def text_features(
+    model: Any,
+    tokenizer: Callable,
+    texts: Sequence[str],
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Normalised text features [M, D] of ``texts`` (cached by model fingerprint + the texts)."""
+    from ..api import fingerprint
+    from ..text_features import encode_texts
+
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, fingerprint(model)]).encode())
+    for text in texts:
+        h.update(text.encode("utf-8") + b"\0")
+    path = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / f"txt-{h.hexdigest()[:32]}.npz"
+    if use_cache and path.is_file():
+        z = _load_npz(path)
+        if z is not None and len(z["text"]) == len(texts):
+            return z["text"]
+    if texts:
+        emb = encode_texts(model, tokenizer, list(texts), batch_size=batch_size, progress=progress)
+        out = _normalise(emb.float().cpu().numpy())
+    else:
+        out = np.zeros((0, model.embed_dim), np.float32)
+    if use_cache:
+        _save_npz(path, text=out)
+    return out

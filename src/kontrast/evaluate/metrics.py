@@ -1,0 +1,126 @@
+"""Evaluation metrics as pure numpy functions: classification accuracy, confusion, retrieval ranks.
+
+Kept free of models and I/O so each can be checked against a hand computation or a brute-force
+reference (see ``tests/test_eval_metrics.py``).
+
+Ties: a rank counts every *incorrect* item whose score is greater than **or equal to** the best
+correct item's score as ranked before it (pessimistic). A model whose scores are all equal therefore
+gets the worst possible rank, never a perfect one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+# ---- classification --------------------------------------------------------------------------------
+def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-sample bool: is the true label among the ``k`` highest scores? ``scores`` [N, C], ``labels`` [N].
+
+    Pessimistic ties: the true class is in the top k when fewer than ``k`` other classes score
+    greater than or equal to it.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if scores.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    true = scores[np.arange(len(labels)), labels][:, None]  # [N] -> [N, 1]
+    ahead = (scores >= true).sum(axis=1) - 1  # other classes scoring at least as high as the true one
+    return ahead < k
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Fraction of samples whose true label is in the top ``k`` (``k`` capped at the class count)."""
+    hits = topk_correct(scores, labels, min(k, np.asarray(scores).shape[1]))
+    return float(hits.mean()) if hits.size else 0.0
+
+
+def per_class_recall(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Recall (accuracy) per class [C]; NaN for classes with no sample in ``labels``."""
+    predictions = np.asarray(predictions, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    total = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    correct = np.bincount(labels[predictions == labels], minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def mean_per_class_recall(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Mean of the per-class recalls over the classes that have samples (balanced accuracy)."""
+    recall = per_class_recall(predictions, labels, num_classes)
+    present = ~np.isnan(recall)
+    return float(recall[present].mean()) if present.any() else 0.0
+
+
+def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [C, C]: row = true class, column = predicted class."""
+    predictions = np.asarray(predictions, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)  # [C*C] -> [C, C]
+
+
+# ---- retrieval -------------------------------------------------------------------------------------
+def _ranks_chunked(queries: np.ndarray, items: np.ndarray, correct_of: Callable[[int, int], np.ndarray],
+                   chunk: int) -> np.ndarray:
+    """1-based rank of the best correct item for every query (see the module note on ties)."""
+    ranks = np.zeros(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        sims = queries[start: start + chunk] @ items.T  # [b, M]
+        mask = correct_of(start, sims.shape[0])  # [b, M] bool
+        best = np.where(mask, sims, -np.inf).max(axis=1, keepdims=True)  # [b, 1]
+        ahead = ((sims >= best) & ~mask).sum(axis=1)
+        ranks[start: start + chunk] = ahead + 1
+    return ranks
+
+
+def retrieval_ranks(
+    image_features: np.ndarray, text_features: np.ndarray, text_image: np.ndarray, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks for both directions, with several captions per image.
+
+    ``image_features`` [N, D] and ``text_features`` [M, D] (normalised: the dot product is the score);
+    ``text_image`` [M]: the index of the image each caption belongs to. Returns ``(image_to_text [N'],
+    text_to_image [M])`` where image->text covers the N' images that have at least one caption: its
+    rank is the position of the first of its captions in the sorted caption list. Text->image: the
+    position of the caption's own image.
+    """
+    img = np.asarray(image_features, dtype=np.float32)
+    txt = np.asarray(text_features, dtype=np.float32)
+    owner = np.asarray(text_image, dtype=np.int64)
+    has_caption = np.zeros(len(img), dtype=bool)
+    has_caption[owner] = True
+    queried = np.flatnonzero(has_caption)
+
+    def images_correct(start: int, n: int) -> np.ndarray:
+        return owner[None, :] == queried[start: start + n, None]  # [b, M]
+
+    def texts_correct(start: int, n: int) -> np.ndarray:
+        return np.arange(len(img))[None, :] == owner[start: start + n, None]  # [b, N]
+
+    i2t = _ranks_chunked(img[queried], txt, images_correct, chunk)
+    t2i = _ranks_chunked(txt, img, texts_correct, chunk)
+    return i2t, t2i
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Fraction of queries whose first correct item is within the top ``k``."""
+    ranks = np.asarray(ranks)
+    return float((ranks <= k).mean()) if ranks.size else 0.0
+
+
+def retrieval_metrics(image_features: np.ndarray, text_features: np.ndarray, text_image: np.ndarray,
+                      ks: Sequence[int] = (1, 5, 10)) -> tuple[dict, dict]:
+    """``(metrics, ranks)``: recall@k per direction plus mean and median rank (1-based) per direction."""
+    i2t, t2i = retrieval_ranks(image_features, text_features, text_image)
+    metrics: dict = {}
+    for name, ranks in (("image_to_text", i2t), ("text_to_image", t2i)):
+        for k in ks:
+            metrics[f"{name}_R@{k}"] = recall_at_k(ranks, k)
+    metrics["mean_rank"] = {"image_to_text": float(i2t.mean()) if i2t.size else 0.0,
+                            "text_to_image": float(t2i.mean()) if t2i.size else 0.0}
+    metrics["median_rank"] = {"image_to_text": float(np.median(i2t)) if i2t.size else 0.0,
+                              "text_to_image": float(np.median(t2i)) if t2i.size else 0.0}
+    return metrics, {"image_to_text": i2t, "text_to_image": t2i}

@@ -1,0 +1,70 @@
+"""Image-text retrieval on a captioned dataset: recall@k and ranks in both directions.
+
+Every image is a query for its captions (a hit when *any* of its captions is in the top k) and every
+caption is a query for its own image. Images without a caption are still candidates for the
+text->image queries but are not image->text queries themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import KontrastError
+from . import metrics as M
+from .datasets import EvalDataset
+from .features import Features, text_features
+
+logger = logging.getLogger(__name__)
+
+RECALL_KS = (1, 5, 10)
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
+
+
+def caption_table(features: Features) -> tuple[list[str], np.ndarray]:
+    """``(captions, owner)``: all captions flattened, and the image index [M] each belongs to."""
+    texts: list[str] = []
+    owner: list[int] = []
+    for i, caps in enumerate(features.captions):
+        texts.extend(caps)
+        owner.extend([i] * len(caps))
+    return texts, np.asarray(owner, dtype=np.int64)
+
+
+def run_retrieval(
+    model: Any,
+    tokenizer: Callable,
+    dataset: EvalDataset,
+    features: Features,
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+    progress: Callable[[str, int], None] | None = None,
+    out_dir: Path | None = None,
+) -> tuple[dict, dict]:
+    """Retrieval metrics and details of ``dataset``; draws the recall@k curves into ``out_dir``."""
+    texts, owner = caption_table(features)
+    if not texts:
+        raise KontrastError(f"no captions in {dataset.spec} (caption field '{dataset.caption_field}'); "
+                            "pass --caption-field with a field the records have")
+    n_without = sum(1 for caps in features.captions if not caps)
+    if n_without:
+        logger.warning("%d of %d images in %s have no caption (they are candidates only)", n_without,
+                       len(features.captions), dataset.spec)
+    text_progress = (lambda n: progress("captions", n)) if progress else None
+    txt = text_features(model, tokenizer, texts, cache_dir=cache_dir, use_cache=use_cache, progress=text_progress)
+    metrics, ranks = M.retrieval_metrics(features.image, txt, owner, RECALL_KS)
+    counts = np.bincount(owner)
+    counts = counts[counts > 0]  # captions per queried image
+    curves = {name: {str(k): M.recall_at_k(r, k) for k in CURVE_KS} for name, r in ranks.items()}
+    details: dict[str, Any] = {"n_images": int(len(features.image)), "n_captions": len(texts),
+                               "n_images_without_caption": n_without, "recall_curve": curves,
+                               "chance_R@1": {"image_to_text": float(counts.mean() / len(texts)),
+                                              "text_to_image": 1.0 / len(features.image)}}
+    if out_dir is not None:
+        from .plots import plot_recall_curves
+
+        details["plots"] = [plot_recall_curves(curves, out_dir / "recall_at_k.png")]
+    return metrics, details
