@@ -5,17 +5,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 import kontrast
 from kontrast.cli import main
 from kontrast.errors import KontrastError
-from kontrast.evaluate import evaluate, features, linear_probe_eval, open_dataset, retrieval_eval, zeroshot_eval
+from kontrast.evaluate import (
+    evaluate,
+    features,
+    linear_probe_eval,
+    open_dataset,
+    zeroshot_eval,
+)
 
-RETRIEVAL_KEYS = {"image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10", "text_to_image_R@1",
-                  "text_to_image_R@5", "text_to_image_R@10", "mean_rank", "median_rank"}
+RETRIEVAL_KEYS = {
+    "image_to_text_R@1",
+    "image_to_text_R@5",
+    "image_to_text_R@10",
+    "text_to_image_R@1",
+    "text_to_image_R@5",
+    "text_to_image_R@10",
+    "mean_rank",
+    "median_rank",
+}
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
@@ -61,13 +74,23 @@ def test_folder_zeroshot_results_files(clip, tmp_path):
     data = _folder(tmp_path / "colors")
     (data / "classnames.txt").write_text("azure\nlime\nscarlet\n")  # in sorted folder order: blue, green, red
     out = tmp_path / "run"
-    record = evaluate("zeroshot", model, data, preprocess=pre, tokenizer=tok, templates="a photo of {}.", out_dir=out,
-                      cache_dir=tmp_path / "cache")
+    record = evaluate(
+        "zeroshot",
+        model,
+        data,
+        preprocess=pre,
+        tokenizer=tok,
+        templates="a photo of {}.",
+        out_dir=out,
+        cache_dir=tmp_path / "cache",
+    )
     assert set(record["metrics"]) == {"top1", "top5", "mean_per_class_recall"}
     assert all(0.0 <= v <= 1.0 for v in record["metrics"].values())
     assert record["metrics"]["top5"] == 1.0  # 3 classes: the true one is always in the top 5
     saved = json.loads((out / "results.json").read_text())
-    assert {"model", "model_fingerprint", "dataset", "task", "metrics", "kontrast_version", "date"} <= set(saved)
+    assert {"model", "model_fingerprint", "dataset", "task", "metrics", "kontrast_version", "date"} <= set(
+        saved
+    )
     assert saved["model_fingerprint"] == kontrast.fingerprint(model)
     assert [r["class"] for r in saved["details"]["per_class"]] == ["azure", "lime", "scarlet"]
     assert (out / "results.md").is_file() and (out / "confusion_matrix.png").stat().st_size > 0
@@ -86,13 +109,25 @@ def test_split_subfolder_and_shard_split(tmp_path, data_dir):
 
 def test_csv_several_captions_per_image(clip, tmp_path):
     model, pre, tok = clip
-    path = _csv(tmp_path, ["red.png,a red square|crimson", "green.png,a green square", "red.png,scarlet",
-                           "blue.png,a blue square"], header="filepath,caption")
+    path = _csv(
+        tmp_path,
+        [
+            "red.png,a red square|crimson",
+            "green.png,a green square",
+            "red.png,scarlet",
+            "blue.png,a blue square",
+        ],
+        header="filepath,caption",
+    )
     ds = open_dataset(path, need="captions")
     assert [(i["filepath"], i["captions"]) for i in ds.source.items] == [
-        ("red.png", ["a red square", "crimson", "scarlet"]), ("green.png", ["a green square"]),
-        ("blue.png", ["a blue square"])]
-    record = evaluate("retrieval", model, path, preprocess=pre, tokenizer=tok, cache_dir=tmp_path / "cache")
+        ("red.png", ["a red square", "crimson", "scarlet"]),
+        ("green.png", ["a green square"]),
+        ("blue.png", ["a blue square"]),
+    ]
+    record = evaluate(
+        "retrieval", model, path, preprocess=pre, tokenizer=tok, cache_dir=tmp_path / "cache", workers=1
+    )  # the CSV source goes to a DataLoader worker process
     assert set(record["metrics"]) == RETRIEVAL_KEYS
     assert record["details"]["n_images"] == 3 and record["details"]["n_captions"] == 5
     assert set(record["metrics"]["mean_rank"]) == {"image_to_text", "text_to_image"}
@@ -111,7 +146,7 @@ def test_cache_hit_skips_embedding_and_file_change_invalidates(clip, tmp_path, m
 
     monkeypatch.setattr(features, "embed_all", counting)
     data = _folder(tmp_path / "colors")
-    kwargs = dict(preprocess=pre, tokenizer=tok, templates="{}", cache_dir=tmp_path / "cache")
+    kwargs = {"preprocess": pre, "tokenizer": tok, "templates": "{}", "cache_dir": tmp_path / "cache"}
     first = zeroshot_eval(model, data, **kwargs)
     second = zeroshot_eval(model, data, **kwargs)
     assert len(calls) == 1 and first == second
@@ -163,8 +198,22 @@ def test_label_not_in_class_list(tmp_path):
 def test_bad_input_cli_is_one_line(tmp_path, fixtures_dir, capsys):
     root = tmp_path / "ds"
     _folder(root / "train")
-    code, out, err = _cli(["eval", "--model", str(fixtures_dir / "openai_vit.pt"), "--task", "zeroshot",
-                           "--data", str(root), "--split", "test", "--out", str(tmp_path / "o")], capsys)
+    code, _out, err = _cli(
+        [
+            "eval",
+            "--model",
+            str(fixtures_dir / "openai_vit.pt"),
+            "--task",
+            "zeroshot",
+            "--data",
+            str(root),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1 and "empty split" in err and "Traceback" not in err
 
 
@@ -173,13 +222,28 @@ def test_cli_eval_and_report_on_emoji_shard(tmp_path, fixtures_dir, data_dir, ca
     shard = str(data_dir / "emoji" / "emoji-google-val_concepts-000000.tar")
     model = str(fixtures_dir / "openai_vit.pt")
     common = ["--model", model, "--data", shard, "--cache-dir", str(tmp_path / "cache")]
-    code, out, _ = _cli(["eval", "--task", "zeroshot", *common, "--label-field", "name", "--templates",
-                         "an emoji of a {}.", "--out", str(tmp_path / "zs")], capsys)
+    code, out, _ = _cli(
+        [
+            "eval",
+            "--task",
+            "zeroshot",
+            *common,
+            "--label-field",
+            "name",
+            "--templates",
+            "an emoji of a {}.",
+            "--out",
+            str(tmp_path / "zs"),
+        ],
+        capsys,
+    )
     assert code == 0 and "top1" in out
     zs = json.loads((tmp_path / "zs" / "results.json").read_text())
     assert zs["task"] == "zeroshot" and zs["details"]["n_images"] == 395 and zs["details"]["n_classes"] == 395
     assert all(0.0 <= zs["metrics"][k] <= 1.0 for k in ("top1", "top5", "mean_per_class_recall"))
-    assert "most_confused" in zs["details"] and not (tmp_path / "zs" / "confusion_matrix.png").exists()  # > 50 classes
+    assert (
+        "most_confused" in zs["details"] and not (tmp_path / "zs" / "confusion_matrix.png").exists()
+    )  # > 50 classes
 
     code, _, _ = _cli(["eval", "--task", "retrieval", *common, "--out", str(tmp_path / "rt")], capsys)
     assert code == 0
@@ -190,6 +254,8 @@ def test_cli_eval_and_report_on_emoji_shard(tmp_path, fixtures_dir, data_dir, ca
     assert (tmp_path / "rt" / "recall_at_k.png").is_file() and (tmp_path / "rt" / "results.md").is_file()
 
     report = tmp_path / "report.html"
-    code, out, _ = _cli(["eval-report", str(tmp_path / "zs"), str(tmp_path / "rt"), "--out", str(report)], capsys)
+    code, out, _ = _cli(
+        ["eval-report", str(tmp_path / "zs"), str(tmp_path / "rt"), "--out", str(report)], capsys
+    )
     assert code == 0 and "## zeroshot" in out and "## retrieval" in out and "text_to_image_R@1" in out
     assert "<table>" in report.read_text()

@@ -7,16 +7,24 @@ import pytest
 
 from kontrast.evaluate import metrics as M
 from kontrast.evaluate.classification import classification_report, most_confused
-from kontrast.evaluate.linear_probe import COARSE_GRID, FINE_STEPS, linear_probe, sample_k_shot, stratified_holdout
+from kontrast.evaluate.linear_probe import (
+    COARSE_GRID,
+    FINE_STEPS,
+    linear_probe,
+    sample_k_shot,
+    stratified_holdout,
+)
 
 # 5 samples, 6 classes. True-class rank: 1, 6, 3, 1, 2 (see the comments).
-SCORES = np.array([
-    [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # label 0: rank 1
-    [0.1, 0.9, 0.5, 0.4, 0.3, 0.2],  # label 0: five classes ahead -> rank 6
-    [0.5, 0.2, 0.6, 0.1, 0.0, 0.0],  # label 1: 0.6 and 0.5 ahead -> rank 3
-    [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],  # label 2: rank 1
-    [0.3, 0.0, 0.2, 0.0, 0.0, 0.0],  # label 2: 0.3 ahead -> rank 2
-])
+SCORES = np.array(
+    [
+        [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # label 0: rank 1
+        [0.1, 0.9, 0.5, 0.4, 0.3, 0.2],  # label 0: five classes ahead -> rank 6
+        [0.5, 0.2, 0.6, 0.1, 0.0, 0.0],  # label 1: 0.6 and 0.5 ahead -> rank 3
+        [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],  # label 2: rank 1
+        [0.3, 0.0, 0.2, 0.0, 0.0, 0.0],  # label 2: 0.3 ahead -> rank 2
+    ]
+)
 LABELS = np.array([0, 0, 1, 2, 2])
 
 
@@ -39,7 +47,11 @@ def test_confusion_and_report_by_hand():
     metrics, details = classification_report(SCORES, LABELS, names)
     assert set(metrics) == {"top1", "top5", "mean_per_class_recall"}
     assert metrics["top1"] == pytest.approx(0.4) and metrics["top5"] == pytest.approx(0.8)
-    assert [(r["class"], r["n"], r["top1"]) for r in details["per_class"]] == [("a", 2, 0.5), ("b", 1, 0.0), ("c", 2, 0.5)]
+    assert [(r["class"], r["n"], r["top1"]) for r in details["per_class"]] == [
+        ("a", 2, 0.5),
+        ("b", 1, 0.0),
+        ("c", 2, 0.5),
+    ]
     pairs = {(p["true"], p["predicted"]): p["count"] for p in most_confused(pred, LABELS, names)}
     assert pairs == {("a", "b"): 1, ("b", "c"): 1, ("c", "a"): 1}
 
@@ -62,7 +74,10 @@ def test_retrieval_ranks_by_hand():
     assert metrics["image_to_text_R@1"] == pytest.approx(2 / 3)
     assert metrics["text_to_image_R@1"] == pytest.approx(3 / 4)
     assert metrics["image_to_text_R@5"] == 1.0 and metrics["text_to_image_R@10"] == 1.0
-    assert metrics["mean_rank"] == {"image_to_text": pytest.approx(4 / 3), "text_to_image": pytest.approx(5 / 4)}
+    assert metrics["mean_rank"] == {
+        "image_to_text": pytest.approx(4 / 3),
+        "text_to_image": pytest.approx(5 / 4),
+    }
     assert metrics["median_rank"] == {"image_to_text": 1.0, "text_to_image": 1.0}
 
 
@@ -85,7 +100,9 @@ def _brute_force(images: np.ndarray, texts: np.ndarray, owner: np.ndarray) -> tu
 def test_recall_matches_brute_force_with_several_captions(seed):
     rng = np.random.default_rng(seed)
     n_images, dim = 40, 8
-    owner = np.concatenate([rng.integers(0, n_images - 5, size=70), np.arange(n_images - 5)])  # last 5: no caption
+    owner = np.concatenate(
+        [rng.integers(0, n_images - 5, size=70), np.arange(n_images - 5)]
+    )  # last 5: no caption
     owner = rng.permutation(owner)
     images = rng.normal(size=(n_images, dim)).astype(np.float32)
     texts = (images[owner] * 0.3 + rng.normal(size=(len(owner), dim))).astype(np.float32)
@@ -114,7 +131,7 @@ def test_linear_probe_separable_reaches_one_and_picks_c_from_grid():
     metrics, details = linear_probe(x_train, y_train, x_test, y_test, k_shots=(1, 4), seed=0)
     assert metrics["top1"] >= 0.97
     coarse = set(COARSE_GRID)
-    fine = {c * 10.0 ** s for c in coarse for s in FINE_STEPS}
+    fine = {c * 10.0**s for c in coarse for s in FINE_STEPS}
     assert any(np.isclose(metrics["best_C"], c) for c in coarse | fine)
     assert {"top1", "best_C", "top1_1shot", "top1_4shot"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("top1", "top1_1shot", "top1_4shot"))
@@ -126,7 +143,11 @@ def test_holdout_and_k_shot_sampling():
     y = np.array([0] * 10 + [1] * 5 + [2])
     tr, va = stratified_holdout(y, 0.2, seed=3)
     assert sorted(np.concatenate([tr, va]).tolist()) == list(range(len(y)))
-    assert np.bincount(y[va], minlength=3).tolist() == [2, 1, 0]  # the single example of class 2 stays in train
+    assert np.bincount(y[va], minlength=3).tolist() == [
+        2,
+        1,
+        0,
+    ]  # the single example of class 2 stays in train
     rows = sample_k_shot(y, 4, seed=0)
     assert np.bincount(y[rows]).tolist() == [4, 4, 1]
     assert rows.tolist() == sample_k_shot(y, 4, seed=0).tolist()  # seeded

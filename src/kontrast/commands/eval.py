@@ -2,16 +2,17 @@
 
 Examples::
 
-    kontrast eval --model default --task zeroshot --data shared/data/emoji/emoji-google-val_concepts-000000.tar \\
+    kontrast eval --model default --task zeroshot --data shared/data/emoji --split val_concepts \\
         --label-field name --templates "an emoji of a {}." --out runs/emoji-zs
     kontrast eval --task retrieval --data shared/data/clipart --split val --out runs/clipart-ret
-    kontrast eval --task linear-probe --data imagenet_dir --split val --train-data imagenet_dir --train-split train
+    kontrast eval --task linear-probe --data imagenet_dir --split val --train-split train
     kontrast eval-report runs/* --out report.md
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -21,41 +22,86 @@ from .common import add_model_args, load_model
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a model: zero-shot accuracy, retrieval recall@k, linear probe",
-        description="Evaluate a model on a dataset (image folder in ImageNet layout, CSV, or webdataset shards) and "
-                    "write results.json, results.md and plots to --out.")
+        "eval",
+        help="evaluate a model: zero-shot accuracy, retrieval recall@k, linear probe",
+        description="Evaluate a model on a dataset (image folder in ImageNet layout, CSV, or webdataset "
+        "shards) and write results.json, results.md and plots to --out.",
+    )
     add_model_args(p)
     p.add_argument("--task", required=True, choices=["zeroshot", "retrieval", "linear-probe"])
-    p.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
-                   help="image folder (DATA/<class>/<image>), .csv (filepath,label / filepath,caption), "
-                        "or .tar shards (paths, globs, {000..009} patterns); the test set for linear-probe")
-    p.add_argument("--split", help="part of a dataset folder: subfolder DATA/<split>/, else the .tar/.csv files "
-                                   "named like *-<split>-* (e.g. --split val)")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="SOURCE",
+        help="image folder (DATA/<class>/<image>), .csv (filepath,label / filepath,caption), "
+        "or .tar shards (paths, globs, {000..009} patterns); the test set for linear-probe",
+    )
+    p.add_argument(
+        "--split",
+        help="part of a dataset folder: subfolder DATA/<split>/, else the .tar/.csv files "
+        "named like *-<split>-* (e.g. --split val)",
+    )
     p.add_argument("--out", help="output folder (default: kontrast-eval/<task>-<data name>)")
     p.add_argument("--label-field", help="json field / CSV column with the class (default: label, else name)")
-    p.add_argument("--caption-field", help="json field / CSV column with captions (default: caption = the .txt)")
-    p.add_argument("--classnames", help="file with the class list, one per line (folders: display names in "
-                                        "sorted folder order, like classnames.txt)")
-    p.add_argument("--templates", nargs="+", help="zero-shot prompts: imagenet | simple | a file | templates "
-                                                  "with {} (default: the data's templates.txt, else imagenet)")
-    p.add_argument("--train-data", nargs="+", metavar="SOURCE", help="linear probe training data "
-                   "(default: the train split of --data)")
+    p.add_argument(
+        "--caption-field", help="json field / CSV column with captions (default: caption = the .txt)"
+    )
+    p.add_argument(
+        "--classnames",
+        help="file with the class list, one per line (folders: display names in "
+        "sorted folder order, like classnames.txt)",
+    )
+    p.add_argument(
+        "--templates",
+        nargs="+",
+        help="zero-shot prompts: imagenet | simple | a file | templates "
+        "with {} (default: the data's templates.txt, else imagenet)",
+    )
+    p.add_argument(
+        "--train-data",
+        nargs="+",
+        metavar="SOURCE",
+        help="linear probe training data (default: the train split of --data)",
+    )
     p.add_argument("--train-split", help="split of --train-data (or of --data) to train the probe on")
-    p.add_argument("--val-data", nargs="+", metavar="SOURCE", help="linear probe validation data for the C "
-                   "sweep (default: the val split of --data, else a stratified 20%% of train)")
+    p.add_argument(
+        "--val-data",
+        nargs="+",
+        metavar="SOURCE",
+        help="linear probe validation data for the C "
+        "sweep (default: the val split of --data, else a stratified 20%% of train)",
+    )
     p.add_argument("--val-split", help="split of --val-data (or of --data) for the C sweep")
-    p.add_argument("--k-shots", default="1,2,4,8,16", help="linear probe k-shot sizes, comma-separated ('' for none)")
+    p.add_argument(
+        "--k-shots", default="1,2,4,8,16", help="linear probe k-shot sizes, comma-separated ('' for none)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the k-shot samples and the holdout")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers that decode images")
-    p.add_argument("--cache-dir", help="feature cache (default: $KONTRAST_CACHE/features or ~/.cache/kontrast/features)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, max(0, (os.cpu_count() or 1) - 1)),
+        help="DataLoader workers that decode images (default: CPU cores - 1, at most 4)",
+    )
+    p.add_argument(
+        "--cache-dir", help="feature cache (default: $KONTRAST_CACHE/features or ~/.cache/kontrast/features)"
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute features and do not write the cache")
     p.set_defaults(func=run)
 
-    r = subparsers.add_parser("eval-report", help="merge several eval runs into one comparison table",
-                              description="Read results.json from each folder (searched recursively) and print a "
-                                          "markdown table per task; --out FILE writes .md or .html.")
-    r.add_argument("runs", nargs="+", metavar="DIR", help="folders written by 'kontrast eval --out' (or results.json files)")
+    r = subparsers.add_parser(
+        "eval-report",
+        help="merge several eval runs into one comparison table",
+        description="Read results.json from each folder (searched recursively) and print a "
+        "markdown table per task; --out FILE writes .md or .html.",
+    )
+    r.add_argument(
+        "runs",
+        nargs="+",
+        metavar="DIR",
+        help="folders written by 'kontrast eval --out' (or results.json files)",
+    )
     r.add_argument("--out", help="write the report to FILE (.md or .html)")
     r.set_defaults(func=run_report)
 
@@ -112,20 +158,38 @@ def run(args: argparse.Namespace) -> int:
     bars = _Bars()
     try:
         record = evaluate(
-            args.task, model, args.data if len(args.data) > 1 else args.data[0], preprocess=preprocess,
-            tokenizer=tokenizer, model_name=args.model, split=args.split, label_field=args.label_field,
-            caption_field=args.caption_field, classnames=args.classnames, templates=templates,
-            train_data=_one(args.train_data), val_data=_one(args.val_data), train_split=args.train_split,
-            val_split=args.val_split, k_shots=_k_shots(args.k_shots), seed=args.seed, out_dir=out,
-            cache_dir=args.cache_dir, use_cache=not args.no_cache, batch_size=args.batch_size,
-            workers=args.workers, progress=bars,
+            args.task,
+            model,
+            args.data if len(args.data) > 1 else args.data[0],
+            preprocess=preprocess,
+            tokenizer=tokenizer,
+            model_name=args.model,
+            split=args.split,
+            label_field=args.label_field,
+            caption_field=args.caption_field,
+            classnames=args.classnames,
+            templates=templates,
+            train_data=_one(args.train_data),
+            val_data=_one(args.val_data),
+            train_split=args.train_split,
+            val_split=args.val_split,
+            k_shots=_k_shots(args.k_shots),
+            seed=args.seed,
+            out_dir=out,
+            cache_dir=args.cache_dir,
+            use_cache=not args.no_cache,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=bars,
         )
     finally:
         bars.close()
     details = record["details"]
     size = details.get("n_images", details.get("n_test"))
-    print(f"{args.task} on {record['dataset']['spec']} ({size} images), model {record['model']} "
-          f"[{record['model_fingerprint']}]")
+    print(
+        f"{args.task} on {record['dataset']['spec']} ({size} images), model {record['model']} "
+        f"[{record['model_fingerprint']}]"
+    )
     for key, value in flatten_metrics(record["metrics"]).items():
         print(f"  {key:28s} {value:.4f}" if isinstance(value, float) else f"  {key:28s} {value}")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
@@ -150,7 +214,9 @@ def run_report(args: argparse.Namespace) -> int:
         if out.suffix.lower() not in (".md", ".html", ".htm"):
             raise KontrastError(f"--out {out}: use a .md or .html file name")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(comparison_html(records) if out.suffix.lower() in (".html", ".htm") else markdown,
-                       encoding="utf-8")
+        out.write_text(
+            comparison_html(records) if out.suffix.lower() in (".html", ".htm") else markdown,
+            encoding="utf-8",
+        )
         print(f"written: {out}", file=sys.stderr)
     return 0

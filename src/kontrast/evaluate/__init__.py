@@ -14,7 +14,19 @@ from .report import comparison_html, comparison_markdown, load_results, write_re
 from .runner import TASKS, evaluate, linear_probe_eval, retrieval_eval, zeroshot_eval
 
 __all__ = [
-    "TASKS", "evaluate", "zeroshot_eval", "retrieval_eval", "linear_probe_eval", "EvalDataset", "open_dataset",
-    "Features", "image_features", "text_features", "default_cache_dir", "write_results", "load_results",
-    "comparison_markdown", "comparison_html",
+    "TASKS",
+    "EvalDataset",
+    "Features",
+    "comparison_html",
+    "comparison_markdown",
+    "default_cache_dir",
+    "evaluate",
+    "image_features",
+    "linear_probe_eval",
+    "load_results",
+    "open_dataset",
+    "retrieval_eval",
+    "text_features",
+    "write_results",
+    "zeroshot_eval",
 ]

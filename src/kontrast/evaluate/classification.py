@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,11 +29,18 @@ def labelled(features: Features, dataset: EvalDataset) -> tuple[np.ndarray, list
     """Rows of ``features`` that have a label, and those labels; none at all -> ``KontrastError``."""
     rows = [i for i, lab in enumerate(features.labels) if lab is not None]
     if not rows:
-        raise KontrastError(f"no record in {dataset.spec} has the label field '{dataset.label_field}'; "
-                            "pass --label-field with a field the records have")
+        raise KontrastError(
+            f"no record in {dataset.spec} has the label field '{dataset.label_field}'; "
+            "pass --label-field with a field the records have"
+        )
     if len(rows) < len(features.labels):
-        logger.warning("%d of %d records in %s have no '%s' and are left out", len(features.labels) - len(rows),
-                       len(features.labels), dataset.spec, dataset.label_field)
+        logger.warning(
+            "%d of %d records in %s have no '%s' and are left out",
+            len(features.labels) - len(rows),
+            len(features.labels),
+            dataset.spec,
+            dataset.label_field,
+        )
     return np.asarray(rows, dtype=np.int64), [features.labels[i] for i in rows]
 
 
@@ -50,19 +58,24 @@ def label_indices(labels: Sequence[str], classes: Sequence[str], where: str, cla
     out = np.empty(len(labels), dtype=np.int64)
     for n, lab in enumerate(labels):
         if lab not in index:
-            raise KontrastError(f"label '{lab}' in {where} is not in the class list ({class_source}); "
-                                "add it there or fix the data")
+            raise KontrastError(
+                f"label '{lab}' in {where} is not in the class list ({class_source}); "
+                "add it there or fix the data"
+            )
         out[n] = index[lab]
     return out
 
 
-def most_confused(predictions: np.ndarray, labels: np.ndarray, names: Sequence[str],
-                  top: int = MOST_CONFUSED) -> list[dict[str, Any]]:
+def most_confused(
+    predictions: np.ndarray, labels: np.ndarray, names: Sequence[str], top: int = MOST_CONFUSED
+) -> list[dict[str, Any]]:
     """The most frequent (true, predicted) mistakes, without building a C x C matrix."""
     totals = Counter(labels.tolist())
     pairs = Counter((int(t), int(p)) for t, p in zip(labels, predictions) if t != p)
-    return [{"true": names[t], "predicted": names[p], "count": n, "fraction": n / totals[t]}
-            for (t, p), n in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+    return [
+        {"true": names[t], "predicted": names[p], "count": n, "fraction": n / totals[t]}
+        for (t, p), n in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    ]
 
 
 def classification_report(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> tuple[dict, dict]:
@@ -76,11 +89,18 @@ def classification_report(scores: np.ndarray, labels: np.ndarray, names: Sequenc
     }
     recall = M.per_class_recall(predictions, labels, num_classes)
     counts = np.bincount(labels, minlength=num_classes)
-    per_class = [{"class": names[c], "n": int(counts[c]), "top1": float(recall[c])}
-                 for c in range(num_classes) if counts[c] > 0]
-    details: dict[str, Any] = {"n_images": int(len(labels)), "n_classes": num_classes,
-                               "n_classes_with_images": int((counts > 0).sum()), "per_class": per_class,
-                               "most_confused": most_confused(predictions, labels, names)}
+    per_class = [
+        {"class": names[c], "n": int(counts[c]), "top1": float(recall[c])}
+        for c in range(num_classes)
+        if counts[c] > 0
+    ]
+    details: dict[str, Any] = {
+        "n_images": len(labels),
+        "n_classes": num_classes,
+        "n_classes_with_images": int((counts > 0).sum()),
+        "per_class": per_class,
+        "most_confused": most_confused(predictions, labels, names),
+    }
     if num_classes <= CONFUSION_PLOT_MAX:
         details["confusion_matrix"] = M.confusion_matrix(predictions, labels, num_classes).tolist()
     return metrics, details
@@ -109,18 +129,27 @@ def run_zeroshot(
     spec = templates if templates is not None else (dataset.templates or "imagenet")
     template_list = zeroshot.load_templates(spec)
     text_progress = (lambda n: progress("prompts", n)) if progress else None
-    classifier = zeroshot.build_classifier(model, tokenizer, names, template_list, cache_dir=classifier_cache_dir,
-                                           progress=text_progress, cache=use_cache)
+    classifier = zeroshot.build_classifier(
+        model,
+        tokenizer,
+        names,
+        template_list,
+        cache_dir=classifier_cache_dir,
+        progress=text_progress,
+        cache=use_cache,
+    )
     image = torch.from_numpy(features.image[rows])
     device = next(model.parameters()).device
     probs = zeroshot.classify(model, image.to(device), classifier).float().cpu().numpy()  # [N, C]
     metrics, details = classification_report(probs, y, names)
-    details["templates"] = template_list if len(template_list) <= 10 else (spec if isinstance(spec, str) else
-                                                                          template_list)
+    details["templates"] = (
+        template_list if len(template_list) <= 10 else (spec if isinstance(spec, str) else template_list)
+    )
     details["n_templates"] = len(template_list)
     if out_dir is not None and "confusion_matrix" in details:
         from .plots import plot_confusion
 
-        details["plots"] = [plot_confusion(np.asarray(details["confusion_matrix"]), names,
-                                           out_dir / "confusion_matrix.png")]
+        details["plots"] = [
+            plot_confusion(np.asarray(details["confusion_matrix"]), names, out_dir / "confusion_matrix.png")
+        ]
     return metrics, details

@@ -18,8 +18,9 @@
   ``caption``) or any json field (a list gives several captions).
 
 ``split`` picks a part of a dataset folder: the subfolder ``DATA/<split>/`` if there is one, else the
-``.tar``/``.csv`` files in ``DATA`` whose name has ``<split>`` as a ``-``/``.``-separated token (then
-``_``-separated), e.g. ``--data shared/data/clipart --split val`` -> ``clipart-val-000000.tar``.
+``.tar``/``.csv`` files in ``DATA`` whose name has ``<split>`` as a ``-``/``.``-separated token (if
+none has, a ``_``-separated one: ``val`` then also picks ``val_concepts`` and ``val_style``), e.g.
+``--data shared/data/clipart --split val`` -> ``clipart-val-000000.tar``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import csv
 import logging
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..data.sources import FOLDER_CHUNK, IMAGE_EXTS, FolderSource, Record, Source, TarSource, expand_paths
 from ..errors import KontrastError
@@ -52,37 +54,58 @@ class EvalDataset:
     label_field: str = "label"
     caption_field: str = "caption"
     split: str | None = None
-    classes: list[str] | None = None  # class ids in index order (folders / given class list); None: from labels
+    classes: list[str] | None = (
+        None  # class ids in index order (folders / given class list); None: from labels
+    )
     classnames: list[str] | None = None  # display names for the prompts, aligned with ``classes``
     templates: list[str] | None = None  # from templates.txt
     info: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able description that goes into results.json."""
-        return {"spec": self.spec, "paths": self.paths, "kind": self.kind, "split": self.split,
-                "label_field": self.label_field, "caption_field": self.caption_field, **self.info}
+        return {
+            "spec": self.spec,
+            "paths": self.paths,
+            "kind": self.kind,
+            "split": self.split,
+            "label_field": self.label_field,
+            "caption_field": self.caption_field,
+            **self.info,
+        }
 
 
 # ---- split / path resolution -----------------------------------------------------------------------
-def _split_match(name: str, split: str) -> bool:
-    stem = name.split(".", 1)[0] if not name.lower().endswith(".csv") else name[:-4]
-    if split in re.split(r"[-.]", stem):
-        return True
-    return split in re.split(r"[-._]", stem)
+def _split_tokens(name: str, separators: str) -> list[str]:
+    stem = name[:-4] if name.lower().endswith(".csv") else name.split(".", 1)[0]
+    return re.split(f"[{separators}]", stem)
+
+
+def _split_files(root: Path, split: str) -> list[str]:
+    """``.tar``/``.csv`` files in ``root`` named with ``split`` as a ``-``/``.`` (else ``_``) token."""
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith((".tar", ".csv")))
+    for separators in ("-.", "-._"):
+        matches = [str(p) for p in files if split in _split_tokens(p.name, separators)]
+        if matches:
+            return matches
+    return []
 
 
 def _has_images(folder: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*"))
 
 
-def resolve_paths(data: str | os.PathLike | Sequence[str | os.PathLike], split: str | None = None) -> list[str]:
+def resolve_paths(
+    data: str | os.PathLike | Sequence[str | os.PathLike], split: str | None = None
+) -> list[str]:
     """Files / folders that make up ``data`` (restricted to ``split``); empty split -> ``KontrastError``."""
     paths = expand_paths(data)
     if split is None:
         return paths
     if len(paths) != 1 or not os.path.isdir(paths[0]):
-        raise KontrastError(f"--split {split} needs --data to be one dataset folder (got {' '.join(paths)}); "
-                            "or drop --split and name the files")
+        raise KontrastError(
+            f"--split {split} needs --data to be one dataset folder (got {' '.join(paths)}); "
+            "or drop --split and name the files"
+        )
     root = Path(paths[0])
     sub = root / split
     if sub.is_dir():
@@ -92,21 +115,24 @@ def resolve_paths(data: str | os.PathLike | Sequence[str | os.PathLike], split: 
         if inner and not _has_images(sub):
             return inner
         return [str(sub)]
-    files = sorted(str(p) for p in root.iterdir()
-                   if p.is_file() and p.name.lower().endswith((".tar", ".csv")) and _split_match(p.name, split))
+    files = _split_files(root, split)
     if not files:
         found = sorted({p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")})
-        raise KontrastError(f"empty split: {root} has no '{split}' subfolder and no .tar/.csv file named like "
-                            f"'*-{split}-*' (subfolders: {', '.join(found) or 'none'}); check --split")
+        raise KontrastError(
+            f"empty split: {root} has no '{split}' subfolder and no .tar/.csv file named like "
+            f"'*-{split}-*' (subfolders: {', '.join(found) or 'none'}); check --split"
+        )
     csvs = [f for f in files if f.endswith(".csv")]
     if csvs and len(files) > 1:
-        raise KontrastError(f"--split {split} matches several files in {root} ({', '.join(Path(f).name for f in files)}); "
-                            "name the one to use with --data")
+        raise KontrastError(
+            f"--split {split} matches several files in {root} ({', '.join(Path(f).name for f in files)}); "
+            "name the one to use with --data"
+        )
     return files
 
 
 def split_subfolders(data: str | os.PathLike) -> list[str]:
-    """Names of the split subfolders (train/val/test...) of a dataset folder, if all its subfolders are splits."""
+    """The split subfolders (train/val/test...) of a dataset folder, if all its subfolders are splits."""
     root = Path(data)
     if not root.is_dir():
         return []
@@ -139,18 +165,24 @@ def _folder_classnames(root: Path, folders: list[str], names_file: Path) -> list
         mapping = dict(line.split("\t", 1) for line in lines)
         missing = [f for f in mapping if f not in folders]
         if missing:
-            raise KontrastError(f"missing class folder: {names_file} lists '{missing[0]}' but {root / missing[0]} "
-                                "does not exist; add the folder or remove the line")
+            raise KontrastError(
+                f"missing class folder: {names_file} lists '{missing[0]}' but {root / missing[0]} "
+                "does not exist; add the folder or remove the line"
+            )
         return [mapping.get(f, f.replace("_", " ")).strip() for f in folders]
     if len(lines) == len(folders):
         return lines
     if len(lines) > len(folders):
         extra = [line for line in lines if line not in folders]
         named = f" (no folder for '{extra[0]}')" if len(extra) == len(lines) - len(folders) else ""
-        raise KontrastError(f"missing class folder: {names_file} lists {len(lines)} classes but {root} has "
-                            f"{len(folders)} class folders{named}; add the folders or fix {names_file.name}")
-    raise KontrastError(f"{names_file} lists {len(lines)} names for {len(folders)} class folders in {root}; "
-                        "write one name per folder, in sorted folder order")
+        raise KontrastError(
+            f"missing class folder: {names_file} lists {len(lines)} classes but {root} has "
+            f"{len(folders)} class folders{named}; add the folders or fix {names_file.name}"
+        )
+    raise KontrastError(
+        f"{names_file} lists {len(lines)} names for {len(folders)} class folders in {root}; "
+        "write one name per folder, in sorted folder order"
+    )
 
 
 def _open_folder(root: Path, need_labels: bool, classnames_file: str | None) -> tuple[Source, dict]:
@@ -160,11 +192,15 @@ def _open_folder(root: Path, need_labels: bool, classnames_file: str | None) -> 
         return source, info
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise KontrastError(f"missing class folders: {root} has no class subfolders (expected {root}/<class>/<image>); "
-                            "for a flat folder, use a CSV with filepath,label")
+        raise KontrastError(
+            f"missing class folders: {root} has no class subfolders (expected {root}/<class>/<image>); "
+            "for a flat folder, use a CSV with filepath,label"
+        )
     splits = split_subfolders(root)
     if splits:
-        raise KontrastError(f"{root} has split subfolders ({', '.join(splits)}), not classes; pass --split {splits[0]}")
+        raise KontrastError(
+            f"{root} has split subfolders ({', '.join(splits)}), not classes; pass --split {splits[0]}"
+        )
     source.files = [f for f in source.files if f.parent != root]  # loose files in the root have no class
     counts = {f: 0 for f in folders}
     for path in source.files:
@@ -173,8 +209,11 @@ def _open_folder(root: Path, need_labels: bool, classnames_file: str | None) -> 
     if empty:
         logger.warning("%d class folder(s) in %s have no images (e.g. %s)", len(empty), root, empty[0])
     names_file = Path(classnames_file) if classnames_file else root / "classnames.txt"
-    names = (_folder_classnames(root, folders, names_file) if names_file.is_file()
-             else [f.replace("_", " ") for f in folders])
+    names = (
+        _folder_classnames(root, folders, names_file)
+        if names_file.is_file()
+        else [f.replace("_", " ") for f in folders]
+    )
     info.update(classes=folders, classnames=names)
     if (root / "templates.txt").is_file():
         info["templates"] = read_lines(root / "templates.txt")
@@ -190,8 +229,13 @@ class EvalCsvSource(Source):
 
     kind = "csv"
 
-    def __init__(self, path: str | os.PathLike, label_field: str = "label", caption_field: str = "caption",
-                 path_column: str = "filepath") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        label_field: str = "label",
+        caption_field: str = "caption",
+        path_column: str = "filepath",
+    ) -> None:
         self.path = Path(path)
         try:
             with self.path.open(newline="", encoding="utf-8") as f:
@@ -201,8 +245,10 @@ class EvalCsvSource(Source):
         except OSError as exc:
             raise KontrastError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         if path_column not in columns:
-            raise KontrastError(f"{self.path}: no {path_column!r} column (found {columns}); "
-                                "expected a header like filepath,label or filepath,caption")
+            raise KontrastError(
+                f"{self.path}: no {path_column!r} column (found {columns}); "
+                "expected a header like filepath,label or filepath,caption"
+            )
         self.columns = columns
         self.label_field = label_field if label_field in columns else None
         self.caption_field = caption_field if caption_field in columns else None
@@ -215,8 +261,14 @@ class EvalCsvSource(Source):
             if rel not in index:
                 index[rel] = len(self.items)
                 label = row.get(self.label_field) if self.label_field else None
-                self.items.append({"filepath": rel, "label": label.strip() if label else None, "captions": [],
-                                   "row": row_number})
+                self.items.append(
+                    {
+                        "filepath": rel,
+                        "label": label.strip() if label else None,
+                        "captions": [],
+                        "row": row_number,
+                    }
+                )
             if self.caption_field and row.get(self.caption_field):
                 caps = [c.strip() for c in row[self.caption_field].split(CAPTION_SEP) if c.strip()]
                 self.items[index[rel]]["captions"].extend(caps)
@@ -232,7 +284,7 @@ class EvalCsvSource(Source):
         return Path(rel) if os.path.isabs(rel) else self.path.parent / rel
 
     def iter_unit(self, unit: tuple[int, int]) -> Iterator[Record]:
-        for item in self.items[unit[0]: unit[1]]:
+        for item in self.items[unit[0] : unit[1]]:
             path = self.image_path(item)
             try:
                 data, error = path.read_bytes(), None
@@ -246,8 +298,10 @@ def _check_csv_labels(source: EvalCsvSource, classes: list[str], names_file: str
     allowed = set(classes)
     for item in source.items:
         if item["label"] is not None and item["label"] not in allowed:
-            raise KontrastError(f"{source.path} row {item['row']}: label '{item['label']}' is not in the class list "
-                                f"({names_file}); add it there or fix the row")
+            raise KontrastError(
+                f"{source.path} row {item['row']}: label '{item['label']}' is not in the class list "
+                f"({names_file}); add it there or fix the row"
+            )
 
 
 # ---- entry point --------------------------------------------------------------------------------------
@@ -281,24 +335,41 @@ def open_dataset(
         else:
             if need_labels and split is None and split_subfolders(root):
                 subs = split_subfolders(root)
-                raise KontrastError(f"{root} has split subfolders ({', '.join(subs)}); pass --split {subs[0]}")
+                raise KontrastError(
+                    f"{root} has split subfolders ({', '.join(subs)}); pass --split {subs[0]}"
+                )
             source, info = _open_folder(root, need_labels, os.fspath(classnames) if classnames else None)
             if not source.files:
                 raise KontrastError(f"empty split: no images under {root}")
             templates = info.pop("templates", None)
             classes, names = info.pop("classes", None), info.pop("classnames", None)
-            return EvalDataset(spec, paths, "folder", source, "label", caption_field, split, classes, names,
-                               templates, {"n_classes": len(classes)} if classes else {})
+            return EvalDataset(
+                spec,
+                paths,
+                "folder",
+                source,
+                "label",
+                caption_field,
+                split,
+                classes,
+                names,
+                templates,
+                {"n_classes": len(classes)} if classes else {},
+            )
     if len(paths) == 1 and paths[0].lower().endswith(".csv"):
         source = EvalCsvSource(paths[0], label_field, caption_field)
         if not source.items:
             raise KontrastError(f"empty split: {paths[0]} has no rows")
         if need_labels and source.label_field is None:
-            raise KontrastError(f"{paths[0]}: no {label_field!r} column (found {source.columns}); "
-                                "pass --label-field or add a label column")
+            raise KontrastError(
+                f"{paths[0]}: no {label_field!r} column (found {source.columns}); "
+                "pass --label-field or add a label column"
+            )
         if not need_labels and source.caption_field is None:
-            raise KontrastError(f"{paths[0]}: no {caption_field!r} column (found {source.columns}); "
-                                "pass --caption-field or add a caption column")
+            raise KontrastError(
+                f"{paths[0]}: no {caption_field!r} column (found {source.columns}); "
+                "pass --caption-field or add a caption column"
+            )
         classes = None
         if classnames and need_labels:
             classes = read_lines(classnames)

@@ -13,9 +13,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,9 @@ def _file_stats(dataset: EvalDataset) -> list[tuple[str, int, int]]:
         files = [source.path] + [source.image_path(item) for item in source.items]
     elif hasattr(source, "files"):
         root = Path(dataset.paths[0])
-        files = list(source.files) + [p for p in (root / "classnames.txt", root / "templates.txt") if p.is_file()]
+        files = list(source.files) + [
+            p for p in (root / "classnames.txt", root / "templates.txt") if p.is_file()
+        ]
         files += [f.with_suffix(".txt") for f in source.files if f.with_suffix(".txt").is_file()]
     else:
         files = [Path(p) for p in dataset.paths]
@@ -70,8 +73,13 @@ def _file_stats(dataset: EvalDataset) -> list[tuple[str, int, int]]:
 def dataset_key(dataset: EvalDataset) -> str:
     """A digest of everything about the dataset that changes its records (files, sizes, mtimes, fields)."""
     h = hashlib.sha256()
-    head = {"kind": dataset.kind, "paths": [os.path.abspath(p) for p in dataset.paths], "split": dataset.split,
-            "label_field": dataset.label_field, "caption_field": dataset.caption_field}
+    head = {
+        "kind": dataset.kind,
+        "paths": [os.path.abspath(p) for p in dataset.paths],
+        "split": dataset.split,
+        "label_field": dataset.label_field,
+        "caption_field": dataset.caption_field,
+    }
     h.update(json.dumps(head, sort_keys=True).encode())
     for name, size, mtime in _file_stats(dataset):
         h.update(f"{name}\0{size}\0{mtime}\n".encode())
@@ -121,8 +129,11 @@ def image_features(
     """
     from ..api import fingerprint
 
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, fingerprint(model), _preprocess_id(preprocess),
-                                     dataset_key(dataset)]).encode()).hexdigest()[:32]
+    key = hashlib.sha256(
+        json.dumps(
+            [CACHE_VERSION, fingerprint(model), _preprocess_id(preprocess), dataset_key(dataset)]
+        ).encode()
+    ).hexdigest()[:32]
     path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = path / f"img-{key}.npz"
     if use_cache and path.is_file():
@@ -131,28 +142,53 @@ def image_features(
             logger.info("image features of %s read from %s", dataset.spec, path)
             offsets = z["caption_offsets"]
             flat = z["captions"].tolist()
-            captions = [flat[offsets[i]: offsets[i + 1]] for i in range(len(offsets) - 1)]
+            captions = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
             labels = [lab if has else None for lab, has in zip(z["labels"].tolist(), z["has_label"].tolist())]
             return Features(z["image"], z["keys"].tolist(), labels, captions, int(z["skipped"]), cached=True)
 
-    emb, metas, skipped = embed_all(model, preprocess, dataset.source, batch_size=batch_size, workers=workers,
-                                    progress=progress, normalize=True)
+    emb, metas, skipped = embed_all(
+        model,
+        preprocess,
+        dataset.source,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        normalize=True,
+    )
     if skipped:
-        logger.warning("%d of %d images in %s could not be read and were skipped (first: %s: %s)", len(skipped),
-                       len(skipped) + len(metas), dataset.spec, skipped[0].source, skipped[0].reason)
+        logger.warning(
+            "%d of %d images in %s could not be read and were skipped (first: %s: %s)",
+            len(skipped),
+            len(skipped) + len(metas),
+            dataset.spec,
+            skipped[0].source,
+            skipped[0].reason,
+        )
     if not metas:
-        raise KontrastError(f"empty split: no readable image in {dataset.spec}"
-                            + (f" ({len(skipped)} unreadable)" if skipped else ""))
-    feats = Features(_normalise(np.asarray(emb, dtype=np.float32)), [m["key"] for m in metas],
-                     [record_label(dataset, m) for m in metas], [record_captions(dataset, m) for m in metas],
-                     len(skipped))
+        raise KontrastError(
+            f"empty split: no readable image in {dataset.spec}"
+            + (f" ({len(skipped)} unreadable)" if skipped else "")
+        )
+    feats = Features(
+        _normalise(np.asarray(emb, dtype=np.float32)),
+        [m["key"] for m in metas],
+        [record_label(dataset, m) for m in metas],
+        [record_captions(dataset, m) for m in metas],
+        len(skipped),
+    )
     if use_cache:
         flat = [c for caps in feats.captions for c in caps]
         offsets = np.cumsum([0] + [len(c) for c in feats.captions]).astype(np.int64)
-        _save_npz(path, image=feats.image, keys=np.array(feats.keys, dtype=str),
-                  labels=np.array([lab or "" for lab in feats.labels], dtype=str),
-                  has_label=np.array([lab is not None for lab in feats.labels], dtype=bool),
-                  captions=np.array(flat, dtype=str), caption_offsets=offsets, skipped=np.int64(feats.skipped))
+        _save_npz(
+            path,
+            image=feats.image,
+            keys=np.array(feats.keys, dtype=str),
+            labels=np.array([lab or "" for lab in feats.labels], dtype=str),
+            has_label=np.array([lab is not None for lab in feats.labels], dtype=bool),
+            captions=np.array(flat, dtype=str),
+            caption_offsets=offsets,
+            skipped=np.int64(feats.skipped),
+        )
     return feats
 
 
@@ -172,7 +208,9 @@ def text_features(
     h = hashlib.sha256(json.dumps([CACHE_VERSION, fingerprint(model)]).encode())
     for text in texts:
         h.update(text.encode("utf-8") + b"\0")
-    path = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / f"txt-{h.hexdigest()[:32]}.npz"
+    path = (
+        Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    ) / f"txt-{h.hexdigest()[:32]}.npz"
     if use_cache and path.is_file():
         z = _load_npz(path)
         if z is not None and len(z["text"]) == len(texts):

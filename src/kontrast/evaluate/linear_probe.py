@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,14 +24,16 @@ from ..errors import KontrastError
 
 logger = logging.getLogger(__name__)
 
-COARSE_GRID = tuple(10.0 ** e for e in range(-6, 7, 2))  # 1e-6 .. 1e6
+COARSE_GRID = tuple(10.0**e for e in range(-6, 7, 2))  # 1e-6 .. 1e6
 FINE_STEPS = (-1.0, -0.5, 0.5, 1.0)  # decades around the coarse best
 K_SHOTS = (1, 2, 4, 8, 16)
 HOLDOUT = 0.2
 MAX_ITER = 1000
 
 
-def fit_predict(C: float, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, max_iter: int = MAX_ITER) -> np.ndarray:
+def fit_predict(
+    C: float, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, max_iter: int = MAX_ITER
+) -> np.ndarray:
     """Predicted labels of ``x_test`` after fitting a logistic regression on ``(x, y)``."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -53,8 +56,13 @@ def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def sweep_C(
-    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-    grid: Sequence[float] = COARSE_GRID, refine: bool = True, max_iter: int = MAX_ITER,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    grid: Sequence[float] = COARSE_GRID,
+    refine: bool = True,
+    max_iter: int = MAX_ITER,
 ) -> tuple[float, list[dict[str, float]]]:
     """``(best C, [{"C", "val_top1"}...])``: coarse log grid, then finer steps around the best.
 
@@ -71,22 +79,24 @@ def sweep_C(
     best = max(sorted(scores), key=lambda c: scores[c])
     if refine:
         for step in FINE_STEPS:
-            score(float(best * 10.0 ** step))
+            score(float(best * 10.0**step))
         best = max(sorted(scores), key=lambda c: scores[c])
     return best, [{"C": c, "val_top1": scores[c]} for c in sorted(scores)]
 
 
-def stratified_holdout(y: np.ndarray, fraction: float = HOLDOUT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+    y: np.ndarray, fraction: float = HOLDOUT, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``(train rows, val rows)``: about ``fraction`` of every class with 2+ samples goes to val."""
     rng = np.random.default_rng(seed)
     val: list[int] = []
     for c in np.unique(y):
         rows = np.flatnonzero(y == c)
         if len(rows) >= 2:
-            n = max(1, int(round(fraction * len(rows))))
+            n = max(1, round(fraction * len(rows)))
             val.extend(rng.choice(rows, size=min(n, len(rows) - 1), replace=False).tolist())
     if not val:  # every class has one sample: a plain random holdout
-        n = max(1, int(round(fraction * len(y)))) if len(y) > 1 else 0
+        n = max(1, round(fraction * len(y))) if len(y) > 1 else 0
         val = rng.choice(len(y), size=n, replace=False).tolist()
     val_rows = np.sort(np.asarray(val, dtype=np.int64))
     train_rows = np.setdiff1d(np.arange(len(y)), val_rows)
@@ -112,10 +122,18 @@ def encode_labels(known: Sequence[str], *label_lists: Sequence[str]) -> tuple[li
 
 
 def linear_probe(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-    x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-    k_shots: Sequence[int] = K_SHOTS, seed: int = 0, grid: Sequence[float] = COARSE_GRID, refine: bool = True,
-    max_iter: int = MAX_ITER, progress: Callable[[str], None] | None = None,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    k_shots: Sequence[int] = K_SHOTS,
+    seed: int = 0,
+    grid: Sequence[float] = COARSE_GRID,
+    refine: bool = True,
+    max_iter: int = MAX_ITER,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(metrics, details)`` of a full linear probe plus k-shot probes (integer class labels)."""
     if len(np.unique(y_train)) < 2:
@@ -135,8 +153,10 @@ def linear_probe(
         progress(f"refitting with C={best_c:.3g}")
     x_all = np.concatenate([x_train, x_val])
     y_all = np.concatenate([y_train, y_val])
-    metrics: dict[str, Any] = {"top1": accuracy(fit_predict(best_c, x_all, y_all, x_test, max_iter), y_test),
-                               "best_C": best_c}
+    metrics: dict[str, Any] = {
+        "top1": accuracy(fit_predict(best_c, x_all, y_all, x_test, max_iter), y_test),
+        "best_C": best_c,
+    }
     kshot: list[dict[str, Any]] = []
     for k in k_shots:
         if progress:
@@ -145,8 +165,15 @@ def linear_probe(
         c_k, _ = sweep_C(x_train[rows], y_train[rows], x_val, y_val, grid, refine=False, max_iter=max_iter)
         top1 = accuracy(fit_predict(c_k, x_train[rows], y_train[rows], x_test, max_iter), y_test)
         metrics[f"top1_{k}shot"] = top1
-        kshot.append({"k": int(k), "n_train": int(len(rows)), "C": c_k, "top1": top1})
-    details = {"n_train": int(len(x_train)), "n_val": int(len(x_val)), "n_test": int(len(x_test)),
-               "n_classes": int(len(np.unique(y_train))), "val_source": val_source, "c_sweep": sweep,
-               "k_shot": kshot, "n_test_unseen_class": int((y_test < 0).sum())}
+        kshot.append({"k": int(k), "n_train": len(rows), "C": c_k, "top1": top1})
+    details = {
+        "n_train": len(x_train),
+        "n_val": len(x_val),
+        "n_test": len(x_test),
+        "n_classes": len(np.unique(y_train)),
+        "val_source": val_source,
+        "c_sweep": sweep,
+        "k_shot": kshot,
+        "n_test_unseen_class": int((y_test < 0).sum()),
+    }
     return metrics, details

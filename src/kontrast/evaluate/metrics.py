@@ -10,7 +10,7 @@ gets the worst possible rank, never a perfect one.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -63,16 +63,17 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
 
 
 # ---- retrieval -------------------------------------------------------------------------------------
-def _ranks_chunked(queries: np.ndarray, items: np.ndarray, correct_of: Callable[[int, int], np.ndarray],
-                   chunk: int) -> np.ndarray:
+def _ranks_chunked(
+    queries: np.ndarray, items: np.ndarray, correct_of: Callable[[int, int], np.ndarray], chunk: int
+) -> np.ndarray:
     """1-based rank of the best correct item for every query (see the module note on ties)."""
     ranks = np.zeros(len(queries), dtype=np.int64)
     for start in range(0, len(queries), chunk):
-        sims = queries[start: start + chunk] @ items.T  # [b, M]
+        sims = queries[start : start + chunk] @ items.T  # [b, M]
         mask = correct_of(start, sims.shape[0])  # [b, M] bool
         best = np.where(mask, sims, -np.inf).max(axis=1, keepdims=True)  # [b, 1]
         ahead = ((sims >= best) & ~mask).sum(axis=1)
-        ranks[start: start + chunk] = ahead + 1
+        ranks[start : start + chunk] = ahead + 1
     return ranks
 
 
@@ -95,10 +96,10 @@ def retrieval_ranks(
     queried = np.flatnonzero(has_caption)
 
     def images_correct(start: int, n: int) -> np.ndarray:
-        return owner[None, :] == queried[start: start + n, None]  # [b, M]
+        return owner[None, :] == queried[start : start + n, None]  # [b, M]
 
     def texts_correct(start: int, n: int) -> np.ndarray:
-        return np.arange(len(img))[None, :] == owner[start: start + n, None]  # [b, N]
+        return np.arange(len(img))[None, :] == owner[start : start + n, None]  # [b, N]
 
     i2t = _ranks_chunked(img[queried], txt, images_correct, chunk)
     t2i = _ranks_chunked(txt, img, texts_correct, chunk)
@@ -111,16 +112,24 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     return float((ranks <= k).mean()) if ranks.size else 0.0
 
 
-def retrieval_metrics(image_features: np.ndarray, text_features: np.ndarray, text_image: np.ndarray,
-                      ks: Sequence[int] = (1, 5, 10)) -> tuple[dict, dict]:
+def retrieval_metrics(
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    text_image: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+) -> tuple[dict, dict]:
     """``(metrics, ranks)``: recall@k per direction plus mean and median rank (1-based) per direction."""
     i2t, t2i = retrieval_ranks(image_features, text_features, text_image)
     metrics: dict = {}
     for name, ranks in (("image_to_text", i2t), ("text_to_image", t2i)):
         for k in ks:
             metrics[f"{name}_R@{k}"] = recall_at_k(ranks, k)
-    metrics["mean_rank"] = {"image_to_text": float(i2t.mean()) if i2t.size else 0.0,
-                            "text_to_image": float(t2i.mean()) if t2i.size else 0.0}
-    metrics["median_rank"] = {"image_to_text": float(np.median(i2t)) if i2t.size else 0.0,
-                              "text_to_image": float(np.median(t2i)) if t2i.size else 0.0}
+    metrics["mean_rank"] = {
+        "image_to_text": float(i2t.mean()) if i2t.size else 0.0,
+        "text_to_image": float(t2i.mean()) if t2i.size else 0.0,
+    }
+    metrics["median_rank"] = {
+        "image_to_text": float(np.median(i2t)) if i2t.size else 0.0,
+        "text_to_image": float(np.median(t2i)) if t2i.size else 0.0,
+    }
     return metrics, {"image_to_text": i2t, "text_to_image": t2i}

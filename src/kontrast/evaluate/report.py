@@ -17,8 +17,9 @@ from __future__ import annotations
 import csv
 import html
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..errors import KontrastError
 
@@ -49,7 +50,9 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> list[str]:
+def _table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None
+) -> list[str]:
     align = align or ["---"] * len(header)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
@@ -60,38 +63,62 @@ def results_markdown(record: dict[str, Any]) -> str:
     """A markdown page for one run: what was evaluated, the metrics, and the task's tables and plots."""
     ds = record["dataset"]
     lines = [f"# kontrast eval: {record['task']}", ""]
-    lines += _table(["", ""], [("model", record["model"]), ("fingerprint", record["model_fingerprint"]),
-                               ("dataset", ds["spec"]), ("kontrast", record["kontrast_version"]),
-                               ("date", record["date"])])
+    lines += _table(
+        ["", ""],
+        [
+            ("model", record["model"]),
+            ("fingerprint", record["model_fingerprint"]),
+            ("dataset", ds["spec"]),
+            ("kontrast", record["kontrast_version"]),
+            ("date", record["date"]),
+        ],
+    )
     lines += ["", "## Metrics", ""]
     lines += _table(["metric", "value"], flatten_metrics(record["metrics"]).items(), ["---", "---:"])
     details = record.get("details", {})
     if details.get("per_class"):
         rows = sorted(details["per_class"], key=lambda r: (r["top1"], r["class"]))
-        title = "## Per-class top-1" + (f" (worst {PER_CLASS_ROWS_MD} of {len(rows)}; all in per_class.csv)"
-                                        if len(rows) > PER_CLASS_ROWS_MD else " (worst first)")
+        title = "## Per-class top-1" + (
+            f" (worst {PER_CLASS_ROWS_MD} of {len(rows)}; all in per_class.csv)"
+            if len(rows) > PER_CLASS_ROWS_MD
+            else " (worst first)"
+        )
         lines += ["", title, ""]
-        lines += _table(["class", "n", "top-1"], [(r["class"], r["n"], r["top1"]) for r in rows[:PER_CLASS_ROWS_MD]],
-                        ["---", "---:", "---:"])
+        lines += _table(
+            ["class", "n", "top-1"],
+            [(r["class"], r["n"], r["top1"]) for r in rows[:PER_CLASS_ROWS_MD]],
+            ["---", "---:", "---:"],
+        )
     if details.get("most_confused"):
         lines += ["", "## Most confused pairs", ""]
-        lines += _table(["true", "predicted", "count", "share of true class"],
-                        [(p["true"], p["predicted"], p["count"], p["fraction"]) for p in details["most_confused"]],
-                        ["---", "---", "---:", "---:"])
+        lines += _table(
+            ["true", "predicted", "count", "share of true class"],
+            [(p["true"], p["predicted"], p["count"], p["fraction"]) for p in details["most_confused"]],
+            ["---", "---", "---:", "---:"],
+        )
     if details.get("k_shot"):
         lines += ["", "## k-shot", ""]
-        lines += _table(["k", "train samples", "C", "top-1"],
-                        [(p["k"], p["n_train"], f"{p['C']:.3g}", p["top1"]) for p in details["k_shot"]], ["---:"] * 4)
+        lines += _table(
+            ["k", "train samples", "C", "top-1"],
+            [(p["k"], p["n_train"], f"{p['C']:.3g}", p["top1"]) for p in details["k_shot"]],
+            ["---:"] * 4,
+        )
     if details.get("c_sweep"):
         lines += ["", f"## C sweep (validation: {details.get('val_source', '')})", ""]
-        lines += _table(["C", "val top-1"], [(f"{p['C']:.3g}", p["val_top1"]) for p in details["c_sweep"]],
-                        ["---:", "---:"])
+        lines += _table(
+            ["C", "val top-1"],
+            [(f"{p['C']:.3g}", p["val_top1"]) for p in details["c_sweep"]],
+            ["---:", "---:"],
+        )
     if details.get("recall_curve"):
         curve = details["recall_curve"]
         ks = list(next(iter(curve.values())))
         lines += ["", "## Recall@k", ""]
-        lines += _table(["direction", *[f"R@{k}" for k in ks]], [(d, *[c[k] for k in ks]) for d, c in curve.items()],
-                        ["---"] + ["---:"] * len(ks))
+        lines += _table(
+            ["direction", *[f"R@{k}" for k in ks]],
+            [(d, *[c[k] for k in ks]) for d, c in curve.items()],
+            ["---"] + ["---:"] * len(ks),
+        )
     for plot in details.get("plots", []):
         lines += ["", f"![{Path(plot).stem}]({plot})"]
     return "\n".join(lines) + "\n"
@@ -139,8 +166,10 @@ def _metric_columns(records: Sequence[dict[str, Any]]) -> list[str]:
         for key in flatten_metrics(r["metrics"]):
             if key not in seen:
                 seen.append(key)
-    shots = sorted((k for k in seen if k.startswith("top1_") and k.endswith("shot")),
-                   key=lambda k: int(k[5:-4]) if k[5:-4].isdigit() else 0)
+    shots = sorted(
+        (k for k in seen if k.startswith("top1_") and k.endswith("shot")),
+        key=lambda k: int(k[5:-4]) if k[5:-4].isdigit() else 0,
+    )
     return [k for k in seen if k not in shots] + shots
 
 
@@ -151,8 +180,15 @@ def comparison_tables(records: Sequence[dict[str, Any]]) -> list[tuple[str, list
         runs = [r for r in records if r["task"] == task]
         columns = _metric_columns(runs)
         header = ["model", "fingerprint", "dataset", *columns]
-        rows = [[r.get("model", ""), r.get("model_fingerprint", ""), r.get("dataset", {}).get("spec", ""),
-                 *[flatten_metrics(r["metrics"]).get(c) for c in columns]] for r in runs]
+        rows = [
+            [
+                r.get("model", ""),
+                r.get("model_fingerprint", ""),
+                r.get("dataset", {}).get("spec", ""),
+                *[flatten_metrics(r["metrics"]).get(c) for c in columns],
+            ]
+            for r in runs
+        ]
         tables.append((task, header, rows))
     return tables
 
@@ -169,16 +205,25 @@ def comparison_markdown(records: Sequence[dict[str, Any]]) -> str:
 
 def comparison_html(records: Sequence[dict[str, Any]]) -> str:
     """A standalone HTML page with a table per task."""
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>kontrast eval report</title>",
-             "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:2em}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}td.n{text-align:right}</style></head><body>",
-             "<h1>kontrast eval report</h1>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>kontrast eval report</title>",
+        (
+            "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:2em}"
+            "td,th{border:1px solid #ccc;padding:4px 8px}td.n{text-align:right}</style></head><body>"
+        ),
+        "<h1>kontrast eval report</h1>",
+    ]
     for task, header, rows in comparison_tables(records):
-        parts.append(f"<h2>{html.escape(task)}</h2><table><tr>"
-                     + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts.append(
+            f"<h2>{html.escape(task)}</h2><table><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            + "</tr>"
+        )
         for row in rows:
-            cells = "".join(f"<td class='n'>{html.escape(_fmt(v))}</td>" if i >= 3 else f"<td>{html.escape(_fmt(v))}</td>"
-                            for i, v in enumerate(row))
+            cells = "".join(
+                f"<td class='n'>{html.escape(_fmt(v))}</td>" if i >= 3 else f"<td>{html.escape(_fmt(v))}</td>"
+                for i, v in enumerate(row)
+            )
             parts.append(f"<tr>{cells}</tr>")
         parts.append("</table>")
     parts.append("</body></html>")

@@ -8,8 +8,9 @@ text->image queries but are not image->text queries themselves.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,22 +48,36 @@ def run_retrieval(
     """Retrieval metrics and details of ``dataset``; draws the recall@k curves into ``out_dir``."""
     texts, owner = caption_table(features)
     if not texts:
-        raise KontrastError(f"no captions in {dataset.spec} (caption field '{dataset.caption_field}'); "
-                            "pass --caption-field with a field the records have")
+        raise KontrastError(
+            f"no captions in {dataset.spec} (caption field '{dataset.caption_field}'); "
+            "pass --caption-field with a field the records have"
+        )
     n_without = sum(1 for caps in features.captions if not caps)
     if n_without:
-        logger.warning("%d of %d images in %s have no caption (they are candidates only)", n_without,
-                       len(features.captions), dataset.spec)
+        logger.warning(
+            "%d of %d images in %s have no caption (they are candidates only)",
+            n_without,
+            len(features.captions),
+            dataset.spec,
+        )
     text_progress = (lambda n: progress("captions", n)) if progress else None
-    txt = text_features(model, tokenizer, texts, cache_dir=cache_dir, use_cache=use_cache, progress=text_progress)
+    txt = text_features(
+        model, tokenizer, texts, cache_dir=cache_dir, use_cache=use_cache, progress=text_progress
+    )
     metrics, ranks = M.retrieval_metrics(features.image, txt, owner, RECALL_KS)
     counts = np.bincount(owner)
     counts = counts[counts > 0]  # captions per queried image
     curves = {name: {str(k): M.recall_at_k(r, k) for k in CURVE_KS} for name, r in ranks.items()}
-    details: dict[str, Any] = {"n_images": int(len(features.image)), "n_captions": len(texts),
-                               "n_images_without_caption": n_without, "recall_curve": curves,
-                               "chance_R@1": {"image_to_text": float(counts.mean() / len(texts)),
-                                              "text_to_image": 1.0 / len(features.image)}}
+    details: dict[str, Any] = {
+        "n_images": len(features.image),
+        "n_captions": len(texts),
+        "n_images_without_caption": n_without,
+        "recall_curve": curves,
+        "chance_R@1": {
+            "image_to_text": float(counts.mean() / len(texts)),
+            "text_to_image": 1.0 / len(features.image),
+        },
+    }
     if out_dir is not None:
         from .plots import plot_recall_curves
 

@@ -3,8 +3,8 @@
 ```python
 from kontrast.evaluate import zeroshot_eval, retrieval_eval, linear_probe_eval, evaluate
 zeroshot_eval("default", "shared/data/emoji/emoji-google-val_concepts-000000.tar", label_field="name",
-              templates="an emoji of a {}.")           # -> {"top1": ..., "top5": ..., "mean_per_class_recall": ...}
-record = evaluate("retrieval", model, "captions.csv", preprocess=preprocess, tokenizer=tokenizer, out_dir="runs/r1")
+              templates="an emoji of a {}.")  # -> {"top1": ..., "top5": ..., "mean_per_class_recall": ...}
+record = evaluate("retrieval", model, "captions.csv", preprocess=preprocess, out_dir="runs/r1")
 ```
 ``model`` is a loaded CLIP (then pass ``preprocess``; ``tokenizer`` defaults to the model's) or anything
 ``kontrast.load`` accepts. ``evaluate`` returns the whole results record (see ``report``); the
@@ -17,8 +17,9 @@ import datetime as _dt
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,9 @@ Data = str | os.PathLike | Sequence[str | os.PathLike]
 Progress = Callable[[str, int], None]
 
 
-def _resolve_model(model: Any, preprocess: Callable | None, tokenizer: Callable | None,
-                   model_name: str | None) -> tuple[Any, Callable, Callable, str]:
+def _resolve_model(
+    model: Any, preprocess: Callable | None, tokenizer: Callable | None, model_name: str | None
+) -> tuple[Any, Callable, Callable, str]:
     if isinstance(model, (str, os.PathLike)):
         from ..api import load
 
@@ -53,7 +55,12 @@ def _resolve_model(model: Any, preprocess: Callable | None, tokenizer: Callable 
         from ..api import get_tokenizer
 
         tokenizer = get_tokenizer(model)
-    name = model_name or getattr(model, "checkpoint_path", None) or getattr(model.config, "name", None) or "model"
+    name = (
+        model_name
+        or getattr(model, "checkpoint_path", None)
+        or getattr(model.config, "name", None)
+        or "model"
+    )
     return model, preprocess, tokenizer, str(name)
 
 
@@ -68,23 +75,46 @@ def _is_split_folder(data: Data) -> bool:
 class _Context:
     """What every task needs: the model triple and the feature options."""
 
-    def __init__(self, model, preprocess, tokenizer, cache_dir, use_cache, batch_size, workers, progress) -> None:
+    def __init__(
+        self, model, preprocess, tokenizer, cache_dir, use_cache, batch_size, workers, progress
+    ) -> None:
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        self.use_cache, self.batch_size, self.workers, self.progress = use_cache, batch_size, workers, progress
+        self.use_cache, self.batch_size, self.workers, self.progress = (
+            use_cache,
+            batch_size,
+            workers,
+            progress,
+        )
 
     def features(self, dataset: EvalDataset) -> Features:
         image_progress = (lambda n: self.progress("images", n)) if self.progress else None
-        return image_features(self.model, self.preprocess, dataset, self.cache_dir, self.use_cache,
-                              self.batch_size, self.workers, image_progress)
+        return image_features(
+            self.model,
+            self.preprocess,
+            dataset,
+            self.cache_dir,
+            self.use_cache,
+            self.batch_size,
+            self.workers,
+            image_progress,
+        )
 
     @property
     def classifier_cache(self) -> str | None:
         return str(self.cache_dir / "zeroshot") if self.cache_dir else None
 
 
-def _probe_data(ctx: _Context, data: Data, split: str | None, train_data: Data | None, val_data: Data | None,
-                train_split: str | None, val_split: str | None, fields: dict[str, Any]):
+def _probe_data(
+    ctx: _Context,
+    data: Data,
+    split: str | None,
+    train_data: Data | None,
+    val_data: Data | None,
+    train_split: str | None,
+    val_split: str | None,
+    fields: dict[str, Any],
+):
     split_folder = _is_split_folder(data)
     if split is None and split_folder:
         split = "test" if has_split(data, "test") else "val" if has_split(data, "val") else None
@@ -94,8 +124,10 @@ def _probe_data(ctx: _Context, data: Data, split: str | None, train_data: Data |
     elif split_folder and has_split(data, train_split or "train"):
         train = open_dataset(data, train_split or "train", **fields)
     else:
-        raise KontrastError("the linear probe needs training data: pass --train-data (or --data a dataset folder "
-                            "with a train split)")
+        raise KontrastError(
+            "the linear probe needs training data: pass --train-data (or --data a dataset folder "
+            "with a train split)"
+        )
     val = None
     if val_data is not None:
         val = open_dataset(val_data, val_split, **fields)
@@ -112,19 +144,38 @@ def _labels(ctx: _Context, dataset: EvalDataset) -> tuple[np.ndarray, list[str]]
     return feats.image[rows], labels
 
 
-def _run_linear_probe(ctx: _Context, test: EvalDataset, train: EvalDataset, val: EvalDataset | None,
-                      k_shots: Sequence[int], seed: int, out_dir: Path | None) -> tuple[dict, dict]:
+def _run_linear_probe(
+    ctx: _Context,
+    test: EvalDataset,
+    train: EvalDataset,
+    val: EvalDataset | None,
+    k_shots: Sequence[int],
+    seed: int,
+    out_dir: Path | None,
+) -> tuple[dict, dict]:
     x_train, train_labels = _labels(ctx, train)
     x_test, test_labels = _labels(ctx, test)
     x_val, val_labels = _labels(ctx, val) if val is not None else (None, [])
-    classes, (y_train, y_test, y_val) = encode_labels(train_labels + val_labels, train_labels, test_labels,
-                                                     val_labels)
+    _classes, (y_train, y_test, y_val) = encode_labels(
+        train_labels + val_labels, train_labels, test_labels, val_labels
+    )
     step = (lambda msg: ctx.progress(msg, 0)) if ctx.progress else None
-    metrics, details = linear_probe(x_train, y_train, x_test, y_test, x_val, y_val if val is not None else None,
-                                    k_shots=k_shots, seed=seed, progress=step)
+    metrics, details = linear_probe(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        x_val,
+        y_val if val is not None else None,
+        k_shots=k_shots,
+        seed=seed,
+        progress=step,
+    )
     if details["n_test_unseen_class"]:
-        logger.warning("%d test images have a class absent from train/val; they count as errors",
-                       details["n_test_unseen_class"])
+        logger.warning(
+            "%d test images have a class absent from train/val; they count as errors",
+            details["n_test_unseen_class"],
+        )
     if out_dir is not None:
         from .plots import plot_c_sweep, plot_k_shot
 
@@ -182,11 +233,20 @@ def evaluate(
         dataset = open_dataset(data, split, need="captions" if task == "retrieval" else "labels", **fields)
         feats = ctx.features(dataset)
         if task == "zeroshot":
-            metrics, details = run_zeroshot(model, tokenizer, dataset, feats, templates, ctx.classifier_cache,
-                                            use_cache, progress, out)
+            metrics, details = run_zeroshot(
+                model, tokenizer, dataset, feats, templates, ctx.classifier_cache, use_cache, progress, out
+            )
         else:
-            metrics, details = run_retrieval(model, tokenizer, dataset, feats, str(ctx.cache_dir or default_cache_dir()),
-                                             use_cache, progress, out)
+            metrics, details = run_retrieval(
+                model,
+                tokenizer,
+                dataset,
+                feats,
+                str(ctx.cache_dir or default_cache_dir()),
+                use_cache,
+                progress,
+                out,
+            )
         details["n_skipped_images"] = feats.skipped
         dataset_info = dataset.describe()
     from .. import __version__
