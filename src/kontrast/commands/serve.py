@@ -17,16 +17,21 @@ def register(subparsers) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body (413 above)")
     p.add_argument("--no-model-lock", action="store_true",
                    help="let concurrent requests run the model in parallel threads (default: one at a time)")
+    p.add_argument("--faiss-threads", type=int, default=1,
+                   help="OpenMP threads per FAISS query (1: concurrent requests run side by side; measured faster "
+                   "than sharing all cores per query, see benchmarks/search.py)")
     add_model_args(p)
     p.set_defaults(model=None, func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import faiss
     import uvicorn
 
     from ..search.query import Searcher
     from ..search.server import create_app
 
+    faiss.omp_set_num_threads(max(1, args.faiss_threads))
     searcher = Searcher.open(args.index, model=args.model, pretrained=args.pretrained, device=args.device,
                              precision=args.precision, lock=not args.no_model_lock)
     app = create_app(searcher, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))

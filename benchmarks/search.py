@@ -1,0 +1,264 @@
+"""Benchmark: FAISS index choice (latency p50/p99, recall@10 vs exact) and a loopback load test of the server.
+
+Part 1, ANN: ``--n`` random 512-d normalised float32 vectors (1M by default: 2 GB, plus as much again for
+the index; peak RSS is printed), two kinds of data:
+
+- ``uniform``: i.i.d. Gaussian directions. No structure at all: every vector is almost orthogonal to all
+  others (cosines ~ +-0.04 at 512-d), so a "nearest neighbour" is noise and no ANN index reaches high
+  recall without scanning most of the data. The worst case.
+- ``clustered``: a mixture of n/500 random centres, points at cosine ~0.7 from their centre; nearest
+  neighbours share a centre, as images of one concept do in a CLIP space.
+
+For each, ``kontrast.search.ann.build(..., "auto")`` (what ``kontrast index`` does) picks and tunes the
+index; queries are fresh draws from the same distribution. Reported: the choice, build seconds, index
+size, recall@10 against exact search, single-query latency p50/p99 (one query per call, as the server
+makes), and batched throughput. ``--compare ivf,hnsw,flat`` adds forced types for comparison.
+
+Part 2, server: builds a small index (``--images``, default the shared 200-emoji CSV, ``--model``
+default the shared fixture ViT), starts ``kontrast serve`` on a free loopback port (a subprocess), and
+sends ``--requests`` requests from ``--clients`` concurrent clients (3 text searches : 1 image upload),
+with the model lock on and off (``--no-model-lock``). Prints p50/p99 latency, requests/s and errors.
+
+Usage::
+
+    python benchmarks/search.py                     # 1M vectors (minutes) + load test
+    python benchmarks/search.py --n 100000 --compare ivf,hnsw --clients 8 --requests 400
+    python benchmarks/search.py --skip-ann          # load test only
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kontrast.search import ann
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+# ------------------------------------------------------------------------------------------------ data
+def make_data(kind: str, n: int, q: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(base [n, dim], queries [q, dim])``, normalised float32 (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        base = rng.standard_normal((n, dim), dtype=np.float32)
+        queries = rng.standard_normal((q, dim), dtype=np.float32)
+    elif kind == "clustered":
+        centres = rng.standard_normal((max(16, n // 500), dim), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        base = np.empty((n, dim), np.float32)
+        for start in range(0, n, 100_000):  # in chunks: bounded temporaries
+            m = min(100_000, n - start)
+            noise = rng.standard_normal((m, dim), dtype=np.float32) / np.sqrt(dim)  # |noise| ~ 1 -> cos ~ 0.71
+            base[start: start + m] = centres[rng.integers(0, len(centres), m)] + noise
+        queries = centres[rng.integers(0, len(centres), q)] + rng.standard_normal((q, dim), dtype=np.float32) / np.sqrt(dim)
+    else:
+        raise SystemExit(f"unknown data kind {kind!r}")
+    for x in (base, queries):
+        for start in range(0, len(x), 100_000):
+            x[start: start + 100_000] /= np.linalg.norm(x[start: start + 100_000], axis=1, keepdims=True)
+    return base, queries
+
+
+def index_bytes(params: ann.AnnParams, n: int, dim: int) -> int:
+    """Memory held by the index (vectors + ids + structure), from its layout."""
+    size = n * (dim * 4 + 8)
+    if params.kind == "ivf":
+        size += params.nlist * dim * 4
+    elif params.kind == "hnsw":
+        size += n * ann.HNSW_M * 2 * 4
+    return size
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, truth)]))
+
+
+def bench_ann(kind: str, args: argparse.Namespace) -> list[dict]:
+    import faiss
+
+    t = time.perf_counter()
+    base, queries = make_data(kind, args.n, args.queries, args.dim)
+    ids = np.arange(1, args.n + 1, dtype=np.int64)
+    gen_s = time.perf_counter() - t
+    t = time.perf_counter()
+    _, exact = faiss.knn(queries, base, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = exact + 1  # row -> id
+    print(f"[{kind}] data {gen_s:.1f}s, exact ground truth for {args.queries} queries {time.perf_counter() - t:.1f}s",
+          flush=True)
+    rows = []
+    for requested in ["auto", *[c for c in args.compare if c != "auto"]]:
+        if requested == "hnsw" and args.n > args.hnsw_max_n:
+            print(f"[{kind}] hnsw skipped: n > --hnsw-max-n {args.hnsw_max_n} (build too slow on this machine)")
+            continue
+        t = time.perf_counter()
+        index, params = ann.build(base, ids, requested)
+        build_s = time.perf_counter() - t
+        _, found = index.search(queries, 10)
+        rec = recall(found, truth)
+        lat = []
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(args.latency_threads)  # as `kontrast serve` runs queries (--faiss-threads)
+        for i in range(min(args.latency_queries, len(queries))):
+            t = time.perf_counter()
+            index.search(queries[i: i + 1], 10)
+            lat.append((time.perf_counter() - t) * 1000)
+        faiss.omp_set_num_threads(threads)
+        t = time.perf_counter()
+        index.search(queries, 10)
+        qps = len(queries) / (time.perf_counter() - t)
+        setting = {"ivf": f"nlist={params.nlist} nprobe={params.nprobe}", "hnsw": f"M={ann.HNSW_M} ef={params.ef_search}",
+                   "flat": "exact"}[params.kind]
+        rows.append({"data": kind, "requested": requested, "index": f"{params.kind} ({setting})", "build_s": build_s,
+                     "size_mb": index_bytes(params, args.n, args.dim) / 2**20, "recall": rec,
+                     "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "qps": qps,
+                     "note": params.note})
+        print(f"[{kind}] {requested}: {rows[-1]['index']} build {build_s:.1f}s recall@10 {rec:.3f} "
+              f"p50 {rows[-1]['p50']:.2f}ms p99 {rows[-1]['p99']:.2f}ms {params.note}", flush=True)
+        del index
+    del base
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_test(index_dir: Path, args: argparse.Namespace, lock: bool) -> dict:
+    import httpx
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "kontrast", "serve", str(index_dir), "--port", str(port)]
+    if not lock:
+        cmd.append("--no-model-lock")
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        images = sorted(p for p in Path(args.images).parent.glob("*.png"))[:16] if args.images.endswith(".csv") \
+            else sorted(Path(args.images).rglob("*.png"))[:16]
+        blobs = [p.read_bytes() for p in images]
+        words = ["a red bicycle", "a dog", "a flag", "a smiling face", "food", "a car", "music", "the sea"]
+        per_client = [list(range(c, args.requests, args.clients)) for c in range(args.clients)]
+
+        def client(jobs: list[int]) -> tuple[list[float], int]:
+            lat, errors = [], 0
+            with httpx.Client(base_url=url, timeout=60) as http:
+                for j in jobs:
+                    t = time.perf_counter()
+                    try:
+                        if j % 4 == 3 and blobs:
+                            r = http.post("/search", files={"file": ("q.png", blobs[j % len(blobs)], "image/png")},
+                                          data={"k": "10"})
+                        else:
+                            r = http.get("/search", params={"q": words[j % len(words)], "k": 10})
+                        errors += r.status_code != 200
+                    except httpx.HTTPError:
+                        errors += 1
+                    lat.append((time.perf_counter() - t) * 1000)
+            return lat, errors
+
+        t = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+            results = list(pool.map(client, per_client))
+        wall = time.perf_counter() - t
+        lat = [x for r in results for x in r[0]]
+        return {"lock": lock, "clients": args.clients, "requests": len(lat), "errors": sum(r[1] for r in results),
+                "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "rps": len(lat) / wall}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def build_server_index(args: argparse.Namespace, folder: Path) -> Path:
+    if args.index:
+        return Path(args.index)
+    cmd = [sys.executable, "-m", "kontrast", "index", args.images, "--index", str(folder), "--model", args.model,
+           "--workers", "0", "--no-progress"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="base vectors")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=1000, help="queries for recall@10 and throughput")
+    parser.add_argument("--latency-queries", type=int, default=200, help="single-query calls timed for p50/p99")
+    parser.add_argument("--latency-threads", type=int, default=1, help="FAISS threads for the single-query timing")
+    parser.add_argument("--data", default="uniform,clustered", help="comma list: uniform, clustered")
+    parser.add_argument("--compare", default="", help="forced index types to add, e.g. ivf,hnsw,flat")
+    parser.add_argument("--hnsw-max-n", type=int, default=200_000, help="skip forced HNSW above this n")
+    parser.add_argument("--skip-ann", action="store_true")
+    parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--index", default=None, help="existing index for the load test")
+    parser.add_argument("--images", default=str(SHARED / "data" / "emoji_sample" / "captions.csv"))
+    parser.add_argument("--model", default=str(SHARED / "fixtures" / "openai_vit.pt")
+                        if (SHARED / "fixtures" / "openai_vit.pt").exists() else "default")
+    args = parser.parse_args()
+    args.compare = [c for c in args.compare.split(",") if c]
+
+    import faiss
+
+    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+    if not args.skip_ann:
+        for kind in args.data.split(","):
+            rows += bench_ann(kind.strip(), args)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"\nANN: n={args.n:,} dim={args.dim} queries={args.queries} (latency: {args.latency_queries} single "
+              f"queries on {args.latency_threads} thread), recall target {ann.RECALL_TARGET}, peak RSS {peak:.1f} GB")
+        print(f"{'data':<10} {'asked':<6} {'index':<30} {'build s':>8} {'size MB':>8} {'recall@10':>9} "
+              f"{'p50 ms':>8} {'p99 ms':>8} {'batch q/s':>9}")
+        for r in rows:
+            print(f"{r['data']:<10} {r['requested']:<6} {r['index']:<30} {r['build_s']:>8.1f} {r['size_mb']:>8.0f} "
+                  f"{r['recall']:>9.3f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['qps']:>9.0f}")
+        for r in rows:
+            if r["note"]:
+                print(f"  note ({r['data']}, {r['requested']}): {r['note']}")
+    if not args.skip_server:
+        with tempfile.TemporaryDirectory() as tmp:
+            index_dir = build_server_index(args, Path(tmp) / "idx")
+            results = [load_test(index_dir, args, lock=True), load_test(index_dir, args, lock=False)]
+        print(f"\nServer load test: {args.clients} concurrent clients, {args.requests} requests "
+              f"(3 GET /search text : 1 POST /search image), index {args.index or args.images}, model {args.model}")
+        print(f"{'model lock':<11} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+        for r in results:
+            print(f"{'on' if r['lock'] else 'off':<11} {r['requests']:>8} {r['errors']:>6} {r['p50']:>8.1f} "
+                  f"{r['p99']:>8.1f} {r['rps']:>7.1f}")
+        if any(r["errors"] for r in results):
+            raise SystemExit("load test had errors")
+
+
+if __name__ == "__main__":
+    main()
