@@ -100,6 +100,7 @@ def plot_k_shot(points: Sequence[dict[str, Any]], full: float, path: Path) -> st
     ax.plot([p["k"] for p in points], [p["top1"] for p in points], marker="o", label="k-shot")
     ax.axhline(full, color="tab:green", linestyle="--", label=f"all data ({full:.3f})")
     ax.set_xscale("log", base=2)
+    ax.set_xticks([p["k"] for p in points], [str(p["k"]) for p in points])
     ax.set_xlabel("examples per class")
     ax.set_ylabel("test top-1")
     ax.set_ylim(0, 1.02)
