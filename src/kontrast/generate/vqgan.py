@@ -8,7 +8,10 @@ the forward pass uses the nearest codebook vectors, the backward pass flows into
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, KontrastError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,22 +42,35 @@ class VQGANConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "VQGANConfig":
+        """Read taming's ``model.yaml`` (``model.target: taming.models.vqgan.VQModel``, ``model.params``)."""
         import yaml
 
+        fix = "pass the model.yaml that came with the VQGAN checkpoint"
         try:
-            raw = yaml.safe_load(Path(path).read_text())
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise KontrastError(f"VQGAN config not found: {path}; {fix}") from exc
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise KontrastError(f"cannot read VQGAN config {path}: {str(exc).splitlines()[0]}; {fix}") from exc
+        try:
+            target = str(raw["model"].get("target", "taming.models.vqgan.VQModel"))
             params = raw["model"]["params"]
             dd = params["ddconfig"]
-        except (OSError, yaml.YAMLError) as exc:
-            raise KontrastError(f"cannot read VQGAN config {path}: {exc}".splitlines()[0]) from exc
-        except (KeyError, TypeError) as exc:
-            raise KontrastError(f"{path}: not a taming-transformers model.yaml (no model.params.ddconfig)") from exc
-        return cls(
-            n_embed=int(params["n_embed"]), embed_dim=int(params["embed_dim"]), z_channels=int(dd["z_channels"]),
-            resolution=int(dd["resolution"]), out_ch=int(dd.get("out_ch", 3)), ch=int(dd["ch"]),
-            ch_mult=tuple(int(m) for m in dd["ch_mult"]), num_res_blocks=int(dd["num_res_blocks"]),
-            attn_resolutions=tuple(int(r) for r in dd.get("attn_resolutions", ())),
-        )
+            cfg = cls(
+                n_embed=int(params["n_embed"]), embed_dim=int(params["embed_dim"]), z_channels=int(dd["z_channels"]),
+                resolution=int(dd["resolution"]), out_ch=int(dd.get("out_ch", 3)), ch=int(dd["ch"]),
+                ch_mult=tuple(int(m) for m in dd["ch_mult"]), num_res_blocks=int(dd["num_res_blocks"]),
+                attn_resolutions=tuple(int(r) for r in dd.get("attn_resolutions") or ()),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise KontrastError(f"{path}: not a taming-transformers VQGAN model.yaml (needs model.params with "
+                                f"n_embed, embed_dim and ddconfig; problem: {exc!r}); {fix}") from exc
+        if target.rsplit(".", 1)[-1] not in ("VQModel", "VQNoDiscModel", "EMAVQ"):
+            raise KontrastError(f"{path}: model.target {target} is not supported; only taming.models.vqgan.VQModel "
+                                "checkpoints (nearest-neighbour codebook) can be decoded")
+        if any(cfg.ch * m % 32 for m in cfg.ch_mult) or cfg.z_channels < 1 or not cfg.ch_mult:
+            raise KontrastError(f"{path}: ddconfig ch * ch_mult must be multiples of 32 (taming's GroupNorm)")
+        return cfg
 
     @property
     def downsample(self) -> int:
@@ -197,25 +215,81 @@ class VQGANDecoder(nn.Module):
         return z.detach().clone()
 
 
-def load_vqgan(checkpoint: str | os.PathLike, config: str | os.PathLike) -> VQGANDecoder:
-    """A taming-transformers VQGAN from ``.ckpt`` (a dict with ``state_dict``) and ``model.yaml``."""
+class _Missing:
+    """Stands in for a class a checkpoint's pickle names but this environment lacks (PyTorch Lightning
+    callbacks, a training script's hyper-parameter objects): it accepts any construction and state."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    """Full pickle (only used when the user trusts the file) that replaces unimportable classes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            logger.info("VQGAN checkpoint: %s.%s is not importable; loading a placeholder", module, name)
+            return type(name, (_Missing,), {"__module__": module})
+
+
+def _lenient_pickle_module() -> types.ModuleType:
+    module = types.ModuleType("kontrast_lenient_pickle")
+    module.Unpickler = _LenientUnpickler  # type: ignore[attr-defined]
+    module.load = pickle.load  # type: ignore[attr-defined]
+    module.__dict__.update({"UnpicklingError": pickle.UnpicklingError})
+    return module
+
+
+def read_checkpoint(checkpoint: str | os.PathLike, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a taming ``.ckpt`` (or a bare state dict).
+
+    Read with ``weights_only=True`` (tensors and plain containers only) unless ``trust_checkpoint``:
+    PyTorch Lightning checkpoints may also pickle callback or hyper-parameter objects, which only a full
+    unpickle — able to run code from the file — can read; classes that cannot be imported become
+    placeholders, so ``pytorch_lightning`` need not be installed.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"VQGAN checkpoint not found: {checkpoint}; pass --vqgan-checkpoint FILE.ckpt")
+    try:
+        if trust_checkpoint:
+            raw = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_lenient_pickle_module())
+        else:
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if trust_checkpoint:
+            raise CheckpointError(f"{checkpoint}: cannot read VQGAN checkpoint ({str(exc).splitlines()[0][:120]})") from exc
+        raise CheckpointError(f"{checkpoint} stores Python objects besides tensors (usual for PyTorch Lightning "
+                              "checkpoints); if you trust the file, pass --trust-checkpoint "
+                              "(trust_checkpoint=True)") from exc
+    except Exception as exc:  # noqa: BLE001 - zip, EOF, unpickling errors of every kind
+        raise CheckpointError(f"{checkpoint}: cannot read VQGAN checkpoint ({type(exc).__name__}); "
+                              "expected a taming-transformers .ckpt") from exc
+    sd = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{checkpoint}: expected a dict with a 'state_dict' of tensors (a taming .ckpt)")
+    return sd
+
+
+def load_vqgan(checkpoint: str | os.PathLike, config: str | os.PathLike,
+               trust_checkpoint: bool = False) -> VQGANDecoder:
+    """A taming-transformers VQGAN from ``.ckpt`` (a dict with ``state_dict``) and ``model.yaml``.
+    ``trust_checkpoint``: see ``read_checkpoint``."""
     cfg = VQGANConfig.from_yaml(config)
     model = VQGANDecoder(cfg)
-    try:
-        raw = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"VQGAN checkpoint not found: {checkpoint}") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{checkpoint}: cannot read VQGAN checkpoint ({type(exc).__name__})") from exc
-    sd = raw.get("state_dict", raw) if isinstance(raw, dict) else None
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{checkpoint}: expected a dict with a 'state_dict' entry")
-    wanted = {k: v for k, v in sd.items() if k.startswith(("decoder.", "post_quant_conv.", "quantize.embedding."))}
+    sd = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
     own = model.state_dict()
+    wanted = {k: v for k, v in sd.items() if k in own}  # the encoder, quant_conv and loss weights are not needed
     missing = sorted(set(own) - set(wanted))
     shapes = [k for k in own if k in wanted and wanted[k].shape != own[k].shape]
     if missing or shapes:
-        detail = f"missing: {', '.join(missing[:5])}" if missing else f"wrong shape: {', '.join(shapes[:5])}"
-        raise CheckpointError(f"{checkpoint} does not fit {config}: {detail}")
+        detail = (f"missing {', '.join(missing[:3])}" if missing else
+                  ", ".join(f"{k} is {tuple(wanted[k].shape)}, config wants {tuple(own[k].shape)}" for k in shapes[:2]))
+        raise CheckpointError(f"{checkpoint} does not fit {config}: {detail}; pass the model.yaml that came with it")
     model.load_state_dict(wanted)
     return model.eval()
