@@ -22,6 +22,7 @@ COMMANDS = [
     "classify",
     "embed",
     "demo",
+    "generate",
     "eval",
 ]
 
