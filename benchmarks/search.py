@@ -15,7 +15,7 @@ size, recall@10 against exact search, single-query latency p50/p99 (one query pe
 makes), and batched throughput. ``--compare ivf,hnsw,flat`` adds forced types for comparison.
 
 Part 2, server: builds a small index (``--images``, default the shared 200-emoji CSV, ``--model``
-default the shared fixture ViT), starts ``kontrast serve`` on a free loopback port (a subprocess), and
+default the shared fixture ViT; an architecture name such as ViT-B-32 gives that size with random weights), starts ``kontrast serve`` on a free loopback port (a subprocess), and
 sends ``--requests`` requests from ``--clients`` concurrent clients (3 text searches : 1 image upload),
 with the model lock on and off (``--no-model-lock``). Prints p50/p99 latency, requests/s and errors.
 
@@ -199,6 +199,16 @@ def load_test(index_dir: Path, args: argparse.Namespace, lock: bool) -> dict:
 def build_server_index(args: argparse.Namespace, folder: Path) -> Path:
     if args.index:
         return Path(args.index)
+    import kontrast
+
+    if not Path(args.model).exists() and args.model in kontrast.list_models():
+        # an architecture name: random weights, saved once so that index and server load the same model
+        import torch
+
+        torch.manual_seed(0)
+        saved = folder.parent / f"model-{args.model}"
+        kontrast.save(kontrast.create_model(args.model), saved)
+        args.model = str(saved)
     cmd = [sys.executable, "-m", "kontrast", "index", args.images, "--index", str(folder), "--model", args.model,
            "--workers", "0", "--no-progress"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -134,7 +134,10 @@ class MediaReader:
             return hit
         data, _ = self.original(row)
         try:
-            img = load_image(data)
+            img = load_image(data, decode=False)
+            if img.format == "JPEG":
+                img.draft("RGB", (size * 2, size * 2))  # decode large JPEGs at 1/2..1/8 scale: much faster
+            img = load_image(img)  # decodes now (size limit and truncation checks)
         except ImageError as exc:
             raise StaleItemError(str(exc)) from None
         img = ImageOps.exif_transpose(img)
