@@ -316,6 +316,9 @@ def test_faiss_file_behind_caught_up_or_rebuilt(tmp_path, vit, sample, caplog):
     for p in (tmp_path / "idx").glob("image-*.faiss"):
         p.write_bytes(b"garbage")
     _assert_consistent(tmp_path / "idx")
+    for p in (tmp_path / "idx").glob("image-*"):  # only files newer than the database (a writer raced us)
+        p.rename(p.with_name("image-9999999999" + p.suffix))
+    _assert_consistent(tmp_path / "idx")
     for p in (tmp_path / "idx").glob("*.faiss"):
         p.unlink()
     _assert_consistent(tmp_path / "idx")

@@ -133,25 +133,28 @@ class SearchIndex:
     def _load(self, name: str) -> LoadedAnn | None:
         for _attempt in range(5):  # a writer may delete the file we picked; pick again
             try:
-                return self._load_once(name)
+                return self._load_once(name, newer_ok=True)
             except FileNotFoundError:
                 continue
-        return self._load_once(name)
+        return self._load_once(name, newer_ok=False)  # give up on files: rebuild from the database
 
-    def _load_once(self, name: str) -> LoadedAnn | None:
+    def _load_once(self, name: str, newer_ok: bool) -> LoadedAnn | None:
         column, dim = COLUMNS[name], self.dim
         with self.store.snapshot() as db:
             gen = self.store.generation(db)
-            pairs = sorted((g for (n, g), exts in self._files().items() if n == name and g <= gen
+            files = self._files()
+            pairs = sorted((g for (n, g), exts in files.items() if n == name and g <= gen
                             and {"faiss", "json"} <= exts), reverse=True)
+            if newer_ok and not pairs and any(n == name and g > gen for n, g in files):
+                raise FileNotFoundError(name)  # a writer just replaced the files: read a newer snapshot
             loaded: LoadedAnn | None = None
             if pairs:
                 f = pairs[0]
                 try:
                     params = ann.AnnParams.from_dict(json.loads(self._path(name, f, "json").read_text()))
                     index = ann.read_index(self._path(name, f, "faiss"))
-                except (RuntimeError, ValueError, TypeError) as exc:  # unreadable file: rebuild from SQLite
-                    if not self._path(name, f, "faiss").exists():
+                except (RuntimeError, ValueError, TypeError, FileNotFoundError) as exc:  # unreadable: rebuild
+                    if newer_ok and not all(self._path(name, f, ext).exists() for ext in ("faiss", "json")):
                         raise FileNotFoundError(self._path(name, f, "faiss")) from exc  # a writer replaced it
                     logger.warning("%s: cannot read %s index file (%s); rebuilding it", self.folder, name, exc)
                 else:
