@@ -74,6 +74,12 @@ class Cutouts:
     max_shear: float = 0.1
     noise: float = 0.05  # max std of the Gaussian noise added per cutout
 
+    @torch.no_grad()
+    def score(self, image: torch.Tensor) -> float:
+        """Cosine similarity of the whole image ``[1, 3, H, W]`` to the main prompt."""
+        emb = self.encode(resize(image, self.cutouts.cut_size))  # [1, D]
+        return float(emb[0] @ self.text[self.main].to(emb.device))
+
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``[1, 3, H, W]`` -> ``[count, 3, ch, cw]``."""
         n = self.count
@@ -137,6 +143,12 @@ class ClipObjective:
         x = (views - self.mean.to(views)) / self.std.to(views)
         emb = self.model.encode_image(x.to(self.device, self.dtype))
         return F.normalize(emb.float(), dim=-1)
+
+    @torch.no_grad()
+    def score(self, image: torch.Tensor) -> float:
+        """Cosine similarity of the whole image ``[1, 3, H, W]`` to the main prompt."""
+        emb = self.encode(resize(image, self.cutouts.cut_size))  # [1, D]
+        return float(emb[0] @ self.text[self.main].to(emb.device))
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, dict[str, float]]:

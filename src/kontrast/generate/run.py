@@ -178,9 +178,11 @@ def generate(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[Prom
     if param is None:
         param = make_param(cfg.param, *cfg.size, init=init_image if cfg.param != "vqgan" else None,
                            generator=init_gen, vqgan=vqgan)
+    device = next(model.parameters()).device
+    param = param.to(device)
     target = None
     if init_image is not None and cfg.init_weight != 0:
-        target = resize(init_image.float(), param.size)  # a VQGAN may have rounded the size down
+        target = resize(init_image.float(), param.size).to(device)  # a VQGAN may have rounded the size down
     cut_size = _image_size(model)
     min_scale = cfg.cut_min_scale if cfg.cut_min_scale is not None else auto_min_scale(param.size, cut_size)
     cutouts = Cutouts(cut_size, count=cfg.cutouts, min_scale=min_scale,
@@ -212,10 +214,10 @@ def generate(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[Prom
                 progress(StepInfo(step + 1, cfg.steps, losses[-1], stats["score"], lr, stats))
         with torch.no_grad():
             final = param().detach()
-            _, stats = objective(final, torch.Generator().manual_seed(cfg.seed))
+        final_score = objective.score(final)
     if cfg.frame_every:
         frames.append(to_pil(final))
-    return GenerateResult(to_pil(final), final[0].float().clamp(0, 1), scores, stats["score"], losses, frames,
+    return GenerateResult(to_pil(final), final[0].float().cpu().clamp(0, 1), scores, final_score, losses, frames,
                           list(prompts))
 
 
