@@ -12,7 +12,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("index", help="build or update a search index from folders, CSV files or shards",
                               description="Embed images into a search index. Re-running updates it: new files are "
                               "added, changed ones re-embedded, deleted ones dropped, duplicates (same sha256) "
-                              "recorded as aliases. Safe to kill: the next run finishes the work.")
+                              "recorded as aliases. Safe to kill: the next run finishes the work. --model defaults to the "
+                              "index's own model ('default' for a new index); another model is refused.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image folder, CSV file (filepath,caption) or .tar shards")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (created if missing)")
     add_model_args(p)

@@ -10,7 +10,8 @@ from .common import add_model_args
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("search", help="search an index by text and/or image",
-                              description="Text->image, image->image, and (--captions) image->text search.")
+                              description="Text->image, image->image, and (--captions) image->text search. "
+                              "--model defaults to the model recorded in the index.")
     p.add_argument("index", metavar="INDEX", help="index folder built by 'kontrast index'")
     p.add_argument("query", nargs="?", default=None, help="text query")
     p.add_argument("--image", default=None, metavar="FILE", help="query image (combined with the text if both)")

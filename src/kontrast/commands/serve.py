@@ -10,7 +10,8 @@ from .common import add_model_args
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve a search index over HTTP (API + web page)",
                               description="HTTP API (/search, /classify, /embed, /thumb/{id}, /health, /docs) and a "
-                              "web page at /. Binds 127.0.0.1 unless --host says otherwise.")
+                              "web page at /. Binds 127.0.0.1 unless --host says otherwise. "
+                              "--model defaults to the model recorded in the index.")
     p.add_argument("index", metavar="INDEX", help="index folder built by 'kontrast index'")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
