@@ -7,6 +7,7 @@ optimiser must make each image closer to its own prompt's embedding than to the 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -16,8 +17,20 @@ from PIL import Image
 import kontrast
 from kontrast.cli import main
 from kontrast.errors import KontrastError
-from kontrast.generate import (ClipObjective, Cutouts, FourierImage, GenerateConfig, PixelImage, Prompt, encode_prompts, generate,
-                               make_param, parse_prompt, similarity_matrix, spherical_dist)
+from kontrast.generate import (
+    ClipObjective,
+    Cutouts,
+    FourierImage,
+    GenerateConfig,
+    PixelImage,
+    Prompt,
+    encode_prompts,
+    generate,
+    make_param,
+    parse_prompt,
+    similarity_matrix,
+    spherical_dist,
+)
 from kontrast.generate.run import auto_min_scale, load_init_image, lr_at, to_pil
 
 # Short names: in the random text tower, "an emoji of a ..." prompts are 0.83-0.95 alike (the shared
@@ -116,10 +129,10 @@ def test_make_param_errors():
 def test_lr_schedules():
     lrs = [lr_at(s, 100, 1.0, "cosine", warmup=0.1, final_ratio=0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(b <= a + 1e-12 for a, b in zip(lrs[9:], lrs[10:]))  # non-increasing after warm-up
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs))  # non-increasing after warm-up
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
     steps = [lr_at(s, 90, 1.0, "step", warmup=0.0) for s in range(90)]
-    assert sorted(set(round(x, 6) for x in steps), reverse=True) == [1.0, 0.3, 0.09]
+    assert sorted({round(x, 6) for x in steps}, reverse=True) == [1.0, 0.3, 0.09]
     assert lr_at(50, 100, 0.2, "constant", warmup=0.0) == 0.2
     with pytest.raises(KontrastError, match="unknown schedule"):
         lr_at(0, 10, 1.0, "linear")
@@ -147,7 +160,7 @@ def test_generated_images_match_their_own_prompt(fixture_model):
 
 def test_objective_applies_the_model_normalisation(fixture_model):
     """A [0, 1] view encoded by the objective equals the model's own preprocess + encode_image."""
-    model, preprocess, tokenizer = fixture_model
+    model, preprocess, _tokenizer = fixture_model
     pil = to_pil(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
     x = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8).reshape(64, 64, 3)
     x = x.permute(2, 0, 1)[None].float() / 255  # [H, W, 3] -> [1, 3, H, W]

@@ -74,7 +74,15 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..errors import KontrastError
-    from ..generate import GenerateConfig, generate, load_init_image, load_vqgan, parse_prompt, save_frames, save_gif
+    from ..generate import (
+        GenerateConfig,
+        generate,
+        load_init_image,
+        load_vqgan,
+        parse_prompt,
+        save_frames,
+        save_gif,
+    )
     from ..generate.objective import Prompt
     from ..generate.run import check_config
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -191,5 +191,13 @@ def similarity_matrix(model: torch.nn.Module, images: torch.Tensor, text_feature
     return emb @ objective.text.to(emb.device).T
 
 
-__all__ = ["Prompt", "parse_prompt", "spherical_dist", "resize", "Cutouts", "ClipObjective",
-           "total_variation", "similarity_matrix"]
+__all__ = [
+    "ClipObjective",
+    "Cutouts",
+    "Prompt",
+    "parse_prompt",
+    "resize",
+    "similarity_matrix",
+    "spherical_dist",
+    "total_variation",
+]

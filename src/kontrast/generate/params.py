@@ -168,5 +168,12 @@ def frequency_energy(image: torch.Tensor) -> float:
     return float(power[..., freq > 0.125].sum() / total) if total > 0 else 0.0
 
 
-__all__ = ["PARAMETERISATIONS", "ImageParam", "PixelImage", "FourierImage", "VQGANImage", "make_param",
-           "frequency_energy"]
+__all__ = [
+    "PARAMETERISATIONS",
+    "FourierImage",
+    "ImageParam",
+    "PixelImage",
+    "VQGANImage",
+    "frequency_energy",
+    "make_param",
+]

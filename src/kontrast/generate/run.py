@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -77,7 +77,7 @@ def lr_at(step: int, steps: int, base: float, schedule: str = "cosine", warmup: 
     ``cosine`` (down to ``final_ratio * base``), ``step`` (x0.3 at each third) or ``constant``."""
     if schedule not in SCHEDULES:
         raise KontrastError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
-    warm = max(1, int(round(warmup * steps))) if warmup > 0 else 0
+    warm = max(1, round(warmup * steps)) if warmup > 0 else 0
     if step < warm:
         return base * (step + 1) / warm
     t = (step - warm) / max(1, steps - warm)  # 0 .. 1 after warm-up
@@ -269,5 +269,18 @@ def save_gif(frames: Sequence[Image.Image], path: str | os.PathLike, duration_ms
     return Path(path)
 
 
-__all__ = ["SCHEDULES", "GenerateConfig", "StepInfo", "GenerateResult", "generate", "check_config", "lr_at", "auto_min_scale", "to_pil",
-           "load_init_image", "encode_prompts", "save_frames", "save_gif"]
+__all__ = [
+    "SCHEDULES",
+    "GenerateConfig",
+    "GenerateResult",
+    "StepInfo",
+    "auto_min_scale",
+    "check_config",
+    "encode_prompts",
+    "generate",
+    "load_init_image",
+    "lr_at",
+    "save_frames",
+    "save_gif",
+    "to_pil",
+]

@@ -41,7 +41,7 @@ class VQGANConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "VQGANConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> VQGANConfig:
         """Read taming's ``model.yaml`` (``model.target: taming.models.vqgan.VQModel``, ``model.params``)."""
         import yaml
 
@@ -267,7 +267,7 @@ def read_checkpoint(checkpoint: str | os.PathLike, trust_checkpoint: bool = Fals
         raise CheckpointError(f"{checkpoint} stores Python objects besides tensors (usual for PyTorch Lightning "
                               "checkpoints); if you trust the file, pass --trust-checkpoint "
                               "(trust_checkpoint=True)") from exc
-    except Exception as exc:  # noqa: BLE001 - zip, EOF, unpickling errors of every kind
+    except Exception as exc:
         raise CheckpointError(f"{checkpoint}: cannot read VQGAN checkpoint ({type(exc).__name__}); "
                               "expected a taming-transformers .ckpt") from exc
     sd = raw.get("state_dict", raw) if isinstance(raw, dict) else None
