@@ -80,11 +80,20 @@ def load(
     ``precision`` is ``"fp32"``, ``"bf16"`` or ``"fp16"`` (weights are stored in that dtype);
     ``image_size`` loads the image tower at another resolution (position embeddings interpolated);
     ``quick_gelu`` forces the activation where a checkpoint does not say it.
+    ``backend="onnx"`` runs both towers in onnxruntime (``precision`` ``"fp32"``, or ``"int8"`` for
+    dynamically quantised graphs); ``name_or_path`` may then also be a ``kontrast export --onnx`` folder.
     """
+    if backend == "onnx":  # onnxruntime towers; exported once into a cache keyed by the fingerprint
+        if str(device) != "cpu":
+            raise KontrastError(f"backend='onnx' runs on the CPU; drop device={str(device)!r} or use backend='torch'")
+        from .export.runtime import load_onnx
+
+        return load_onnx(name_or_path, precision=precision, pretrained=pretrained, image_size=image_size,
+                         quick_gelu=quick_gelu, cache_dir=cache_dir)
+    if backend != "torch":
+        raise KontrastError(f"backend {backend!r} is not one of: torch, onnx")
     if precision not in PRECISIONS:
         raise KontrastError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if backend != "torch":
-        raise KontrastError(f"backend {backend!r} is not available; use backend='torch'")
     name = os.fspath(name_or_path)
     ckpt: formats.Checkpoint | None = None
     if name == DEFAULT_MODEL_NAME:
@@ -196,6 +205,10 @@ def _finish(model: CLIP, precision: str, device, preprocess_cfg: dict[str, Any] 
     if precision != "fp32":
         fingerprint(model)  # identify the weights as stored, before the cast
     model.to(device=device, dtype=PRECISIONS[precision])
+    if precision != "fp32":  # the temperature stays float32: bf16 would move exp(logit_scale) by up to ~1%
+        model.logit_scale.data = model.logit_scale.data.float()
+        if model.logit_bias is not None:
+            model.logit_bias.data = model.logit_bias.data.float()
     model.precision = precision
     mean, std = model.config.vision.mean, model.config.vision.std
     if preprocess_cfg:

@@ -24,6 +24,7 @@ COMMANDS = [
     "demo",
     "generate",
     "eval",
+    "export",
 ]
 
 

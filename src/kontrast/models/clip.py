@@ -6,22 +6,14 @@ Parameter names follow OpenAI's checkpoints (``visual.*``, ``token_embedding``, 
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import Transformer
+from .layers import Transformer, tracing
 from .resnet import ModifiedResNet
 from .vit import VisionTransformer
-
-
-def _tracing() -> bool:
-    """True while a tracer/exporter/compiler records the graph: data-dependent shapes must not be baked in."""
-    onnx = sys.modules.get("torch.onnx")  # not imported unless an export is running
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or (onnx is not None and onnx.is_in_onnx_export())
 
 
 def build_visual(cfg: ModelConfig) -> nn.Module:
@@ -115,7 +107,7 @@ class CLIP(nn.Module):
             features = self.text(ids)
         else:
             eot = ids.argmax(dim=-1)  # the end-of-text id 49407 is the largest id
-            if ids.shape[0] and not _tracing():
+            if ids.shape[0] and not tracing():
                 # causal attention: positions after the last end-of-text token never reach a pooled row
                 ids = ids[:, : int(eot.max()) + 1]  # [N, L] -> [N, L']
             x = self.token_embedding(ids)  # [N, L, W]

@@ -15,6 +15,7 @@ float rounding.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 
 import torch
@@ -30,6 +31,12 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def tracing() -> bool:
+    """True while a tracer, exporter or compiler records the graph: no private kernels, no data-dependent shapes."""
+    onnx = sys.modules.get("torch.onnx")  # not imported unless an export is running
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or (onnx is not None and onnx.is_in_onnx_export())
+
+
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN may be called directly: CPU fp32/bf16 inference without autograd or autocast."""
     return (
@@ -41,6 +48,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and not tracing()
     )
 
 

@@ -1,0 +1,194 @@
+"""ONNX export of a CLIP model's two towers, for onnxruntime and other ONNX back ends.
+
+``export_onnx(model, folder)`` writes
+
+* ``image_encoder.onnx``: ``pixel_values [batch, 3, H, W] float32 -> image_embeds [batch, E]``
+* ``text_encoder.onnx``: ``input_ids [batch, sequence] int64 -> text_embeds [batch, E]`` (unnormalised,
+  read at the end-of-text token; ``sequence`` may be shorter than the context, see below)
+* ``kontrast_onnx.json``: the manifest (model config, fingerprint, temperature, preprocessing, file names),
+  written last, so a folder with a manifest is a complete export.
+
+Both graphs have a dynamic batch axis. The text graph's sequence axis is dynamic too: with causal attention
+the tokens after the last end-of-text token of a batch never reach a pooled row, so the runtime
+(``kontrast.export.runtime``) cuts them off before calling the graph, as the PyTorch model does.
+
+The graphs come from the TorchScript-based exporter (``dynamo=False``), which needs no extra packages and
+traces the towers' plain PyTorch path (the oneDNN fast path switches itself off while tracing).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import KontrastError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "kontrast_onnx.json"
+IMAGE_FILE = "image_encoder.onnx"
+TEXT_FILE = "text_encoder.onnx"
+FORMAT_VERSION = 1
+DEFAULT_OPSET = 17
+
+
+class ImageTower(nn.Module):
+    """``encode_image`` as a module with one input (what the exporter traces)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixel_values)
+
+
+class TextTower(nn.Module):
+    """``encode_text`` as a module with one input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids)
+
+
+def example_inputs(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels ``[batch, 3, S, S]`` and token ids ``[batch, context]`` with end-of-text tokens at different places."""
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch, 3, model.image_size, model.image_size, generator=generator)
+    context = model.context_length
+    ids = torch.zeros(batch, context, dtype=torch.long)
+    for row in range(batch):
+        end = min(context - 1, 3 + 5 * row)
+        ids[row, 0] = 49406  # <start_of_text>
+        ids[row, 1:end] = torch.randint(300, 49000, (end - 1,), generator=generator)
+        ids[row, end] = 49407  # <end_of_text>
+    return pixels, ids
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_name: str, output_name: str,
+            dynamic: dict[int, str], opset: int) -> None:
+    """One ``torch.onnx.export`` call with the legacy (TorchScript) exporter and a dynamic batch axis."""
+    kwargs: dict[str, Any] = dict(
+        input_names=[input_name],
+        output_names=[output_name],
+        dynamic_axes={input_name: dynamic, output_name: {0: "batch"}},
+        opset_version=opset,
+        do_constant_folding=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings about the legacy exporter
+        try:
+            torch.onnx.export(module, args, str(path), dynamo=False, **kwargs)
+        except TypeError:  # a torch without the ``dynamo`` switch: its only exporter is the legacy one
+            torch.onnx.export(module, args, str(path), **kwargs)
+
+
+def _manifest(model: nn.Module, preprocess: dict[str, Any] | None, opset: int) -> dict[str, Any]:
+    from ..api import fingerprint
+
+    cfg = model.config
+    bias = getattr(model, "logit_bias", None)
+    pre = {"mean": list(cfg.vision.mean), "std": list(cfg.vision.std)}
+    pre.update({k: list(v) for k, v in (preprocess or {}).items() if k in ("mean", "std")})
+    return {
+        "format": "kontrast-onnx",
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint(model),
+        "source": getattr(model, "checkpoint_path", None),
+        "config": cfg.to_dict(),
+        "logit_scale": float(model.logit_scale.detach().float()),
+        "logit_bias": None if bias is None else float(bias.detach().float()),
+        "preprocess": pre,
+        "image_size": int(model.image_size),
+        "context_length": int(model.context_length),
+        "opset": opset,
+        "files": {"fp32": {"image": IMAGE_FILE, "text": TEXT_FILE}},
+        # the runtime may cut ids after the batch's last end-of-text token (causal, argmax-pooled text tower)
+        "text_truncation": True,
+        "inputs": {"image": "pixel_values", "text": "input_ids"},
+        "outputs": {"image": "image_embeds", "text": "text_embeds"},
+        "torch_version": torch.__version__,
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    folder: str | os.PathLike,
+    preprocess: dict[str, Any] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export both towers of a kontrast ``CLIP`` to ``folder`` (see the module docstring); returns the folder.
+
+    The model is exported in float32 on the CPU (a copy is made if it is stored otherwise).
+    ``preprocess`` may override the normalisation (``{"mean": ..., "std": ...}``) recorded in the manifest.
+    """
+    if getattr(model.config.text, "hf_model", None):
+        raise KontrastError("ONNX export supports CLIP text towers only; this model uses a Hugging Face text "
+                            "encoder (use backend='torch')")
+    param = next(model.parameters())
+    if param.dtype != torch.float32 or param.device.type != "cpu":
+        fp = getattr(model, "_kontrast_fingerprint", None)
+        model = copy.deepcopy(model).float().cpu()
+        if fp:
+            model._kontrast_fingerprint = fp  # the fingerprint of the weights as loaded
+    was_training = model.training
+    model.eval()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)  # an export in progress is not a complete export
+    pixels, ids = example_inputs(model)
+    # The wrappers must be in eval mode: the exporter puts a module back in its own mode afterwards, and a
+    # fresh wrapper's mode is "training", which would switch the whole model (BatchNorm!) to training.
+    try:
+        with torch.no_grad():
+            _export(ImageTower(model).eval(), (pixels,), folder / IMAGE_FILE, "pixel_values", "image_embeds",
+                    {0: "batch"}, opset)
+            _export(TextTower(model).eval(), (ids,), folder / TEXT_FILE, "input_ids", "text_embeds",
+                    {0: "batch", 1: "sequence"}, opset)
+    finally:
+        model.train(was_training)
+    manifest = _manifest(model, preprocess, opset)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    log.info("exported %s to %s", manifest["fingerprint"], folder)
+    return folder
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of an export folder; a one-line error if the folder is not a complete export."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise KontrastError(f"{folder}: not a kontrast ONNX export (no {MANIFEST}); create one with "
+                            "'kontrast export MODEL --onnx DIR'")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != "kontrast-onnx" or manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise KontrastError(f"{path}: unsupported ONNX manifest (format {manifest.get('format')!r}, "
+                            f"version {manifest.get('format_version')}); re-export with this kontrast")
+    return manifest
+
+
+def verify_onnx(model: nn.Module, folder: str | os.PathLike, batches: tuple[int, ...] = (1, 3),
+                precision: str = "fp32") -> dict[str, float]:
+    """Largest absolute difference between onnxruntime and PyTorch, per tower, over the given batch sizes."""
+    from .runtime import OnnxCLIP
+
+    runtime = OnnxCLIP(folder, precision=precision)
+    diffs = {"image": 0.0, "text": 0.0}
+    if next(model.parameters()).dtype != torch.float32:
+        model = copy.deepcopy(model).float()
+    for batch in batches:
+        pixels, ids = example_inputs(model, batch)
+        with torch.no_grad():
+            diffs["image"] = max(diffs["image"], float((runtime.encode_image(pixels) - model.encode_image(pixels)).abs().max()))
+            diffs["text"] = max(diffs["text"], float((runtime.encode_text(ids) - model.encode_text(ids)).abs().max()))
+    return diffs

@@ -1,0 +1,233 @@
+"""onnxruntime back end: ``kontrast.load(path, backend="onnx")``.
+
+``OnnxCLIP`` runs the exported towers with onnxruntime and looks like a kontrast ``CLIP`` to the code
+that uses one (``encode_image``, ``encode_text``, ``logit_scale``, ``get_logits``, ``config``,
+``image_size``, ``embed_dim``, ``context_length``; ``next(model.parameters())`` and
+``next(model.visual.parameters())`` report the CPU and float32, so the batch pipeline, zero-shot and
+search code feed it unchanged). Token features and training need the PyTorch back end.
+
+``load_onnx`` accepts an export folder (or one of its ``.onnx`` files) or anything ``kontrast.load``
+accepts; in the latter case the model is exported once into a cache folder named by its fingerprint
+(``$KONTRAST_CACHE/onnx/<fingerprint>``, else ``~/.cache/kontrast/onnx/<fingerprint>``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import KontrastError
+from .onnx_export import IMAGE_FILE, MANIFEST, TEXT_FILE, export_onnx, read_manifest
+
+log = logging.getLogger(__name__)
+
+ONNX_PRECISIONS = ("fp32", "int8")
+INT8_SUFFIX = ".int8.onnx"
+TEMP_PREFIX = "kontrast-onnx-tmp-"
+
+
+def cache_root() -> Path:
+    """``$KONTRAST_CACHE/onnx`` if set, else ``~/.cache/kontrast/onnx``."""
+    root = os.environ.get("KONTRAST_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "kontrast") / "onnx"
+
+
+class OnnxTower(nn.Module):
+    """One onnxruntime session: a float32/int64 tensor in, a float32 tensor ``[N, E]`` out.
+
+    The module holds one empty float32 parameter, so ``next(tower.parameters())`` tells callers the
+    device and dtype to feed (CPU, float32), as it does for a PyTorch tower.
+    """
+
+    def __init__(self, path: Path, input_name: str, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path, self.input_name = path, input_name
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.probe = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            device = x.device
+            array = x.detach().cpu().numpy()
+        else:
+            device, array = torch.device("cpu"), np.asarray(x)
+        array = np.ascontiguousarray(array, dtype=np.int64 if self.input_name == "input_ids" else np.float32)
+        out = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(out).to(device)
+
+
+class OnnxCLIP(nn.Module):
+    """A CLIP whose towers run in onnxruntime (see the module docstring)."""
+
+    def __init__(self, folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None) -> None:
+        super().__init__()
+        if precision not in ONNX_PRECISIONS:
+            raise KontrastError(f"precision {precision!r} is not available with backend='onnx'; use one of "
+                                f"{', '.join(ONNX_PRECISIONS)} (or backend='torch' for bf16/fp16)")
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        self.folder, self.manifest, self.precision, self.backend = folder, manifest, precision, "onnx"
+        self.config = ModelConfig.from_dict(manifest["config"])
+        files = ensure_precision(folder, manifest, precision)
+        self.visual = OnnxTower(files["image"], manifest["inputs"]["image"], threads)
+        self.text_tower = OnnxTower(files["text"], manifest["inputs"]["text"], threads)
+        self.logit_scale = nn.Parameter(torch.tensor(float(manifest["logit_scale"])), requires_grad=False)
+        bias = manifest.get("logit_bias")
+        self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)), requires_grad=False)
+        self.context_length = int(manifest["context_length"])
+        self.checkpoint_path = manifest.get("source") or str(folder)
+        self._kontrast_fingerprint = manifest["fingerprint"]  # read by kontrast.fingerprint(model)
+        self.eval()
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False, output: str = "embedding",
+                     **_: Any) -> torch.Tensor:
+        """Image embeddings ``[N, E]`` from pixels ``[N, 3, H, W]`` (float32 in, float32 out)."""
+        if output != "embedding":
+            raise KontrastError(f"output={output!r} needs the PyTorch back end (load with backend='torch')")
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Text embeddings ``[N, E]`` from token ids ``[N, L]``.
+
+        Ids after the batch's last end-of-text token are cut off first (they cannot change a causal,
+        end-of-text-pooled feature), as the PyTorch model does.
+        """
+        if self.manifest.get("text_truncation") and len(ids):
+            last = int(ids.argmax(dim=-1).max()) if isinstance(ids, torch.Tensor) else int(np.asarray(ids).argmax(-1).max())
+            ids = ids[:, : last + 1]  # [N, L] -> [N, L']
+        features = self.text_tower(ids)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def get_logits(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits_per_image [N, M], logits_per_text [M, N])`` scaled by ``exp(logit_scale)``."""
+        logits = self.logit_scale.exp() * self.encode_image(images, normalize=True) @ self.encode_text(ids, normalize=True).T
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
+        return logits, logits.T
+
+    def forward(self, images: torch.Tensor | None = None, ids: torch.Tensor | None = None):
+        """``(image_features, text_features, logit_scale.exp())`` with normalised features (open_clip)."""
+        image_features = self.encode_image(images, normalize=True) if images is not None else None
+        text_features = self.encode_text(ids, normalize=True) if ids is not None else None
+        return image_features, text_features, self.logit_scale.exp()
+
+
+def ensure_precision(folder: Path, manifest: dict[str, Any], precision: str) -> dict[str, Path]:
+    """Paths of the ``image``/``text`` graphs for ``precision``; int8 graphs are quantised on first use
+    (next to the float32 ones, or in the cache when the export folder is read-only)."""
+    fp32 = {k: folder / v for k, v in manifest["files"]["fp32"].items()}
+    for path in fp32.values():
+        if not path.is_file():
+            raise KontrastError(f"{path}: missing from the ONNX export; re-export with 'kontrast export MODEL --onnx DIR'")
+    if precision == "fp32":
+        return fp32
+    from .quantize import quantize_onnx_int8
+
+    out: dict[str, Path] = {}
+    for tower, src in fp32.items():
+        candidates = [folder / (src.stem + INT8_SUFFIX), cache_root() / manifest["fingerprint"] / (src.stem + INT8_SUFFIX)]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            target = candidates[0] if os.access(folder, os.W_OK) else candidates[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            found = quantize_onnx_int8(src, target)
+        out[tower] = found
+    return out
+
+
+def _export_folder(path: Path) -> Path | None:
+    """The export folder ``path`` names (the folder itself or one of its files), else None."""
+    folder = path if path.is_dir() else path.parent
+    return folder if (folder / MANIFEST).is_file() else None
+
+
+def load_onnx(
+    name_or_path: str | os.PathLike,
+    precision: str = "fp32",
+    threads: int | None = None,
+    **load_kwargs: Any,
+) -> tuple[OnnxCLIP, Callable, Callable]:
+    """``(model, preprocess, tokenizer)`` with the towers in onnxruntime (see the module docstring).
+
+    ``load_kwargs`` (``pretrained``, ``image_size``, ``quick_gelu``, ``cache_dir``) go to ``kontrast.load``
+    when the model has to be loaded and exported first.
+    """
+    from ..preprocess import Preprocess
+    from ..tokenizer import Tokenizer
+
+    if precision not in ONNX_PRECISIONS:
+        raise KontrastError(f"precision {precision!r} is not available with backend='onnx'; use one of "
+                            f"{', '.join(ONNX_PRECISIONS)} (or backend='torch' for bf16/fp16)")
+    path = Path(os.fspath(name_or_path)).expanduser()
+    folder = _export_folder(path) if path.exists() else None
+    if folder is None:
+        if path.suffix == ".onnx":
+            raise KontrastError(f"{path}: an .onnx file needs its export folder with {MANIFEST}; create one with "
+                                "'kontrast export MODEL --onnx DIR'")
+        folder = export_cached(name_or_path, **load_kwargs)
+    try:
+        model = OnnxCLIP(folder, precision=precision, threads=threads)
+    finally:
+        if folder.name.startswith(TEMP_PREFIX):  # random weights: nothing worth caching
+            shutil.rmtree(folder, ignore_errors=True)
+    pre = model.manifest.get("preprocess") or {}
+    preprocess = Preprocess(model.image_size, mean=tuple(pre.get("mean", model.config.vision.mean)),
+                            std=tuple(pre.get("std", model.config.vision.std)))
+    return model, preprocess, Tokenizer(context_length=model.context_length)
+
+
+def export_cached(name_or_path: str | os.PathLike, **load_kwargs: Any) -> Path:
+    """Load a model with PyTorch and export it once to ``cache_root()/<fingerprint>``; returns that folder.
+
+    A randomly initialised model (an architecture name without weights) goes to a temporary folder
+    instead (``TEMP_PREFIX``), which ``load_onnx`` removes once the sessions are built.
+    """
+    from ..api import fingerprint, load
+
+    torch_model, preprocess, _ = load(name_or_path, precision="fp32", **load_kwargs)
+    pre = {"mean": list(preprocess.mean), "std": list(preprocess.std)} if hasattr(preprocess, "mean") else None
+    if getattr(torch_model, "checkpoint_path", None) is None:
+        return export_onnx(torch_model, tempfile.mkdtemp(prefix=TEMP_PREFIX), preprocess=pre)
+    folder = cache_root() / fingerprint(torch_model)
+    if (folder / MANIFEST).is_file():
+        return folder
+    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    export_onnx(torch_model, partial, preprocess=pre)
+    try:
+        os.replace(partial, folder)  # atomic: another process never sees a half-written export
+    except OSError:  # another process finished the same export first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (folder / MANIFEST).is_file():
+            raise
+    log.info("ONNX export cached in %s", folder)
+    return folder
