@@ -16,6 +16,8 @@ import warnings
 # Sub-command modules, in the order ``kontrast --help`` lists them. One line per command.
 COMMANDS = [
     "info",
+    "train",
+    "plot",
     "index",
     "search",
     "serve",

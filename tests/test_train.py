@@ -1,0 +1,161 @@
+"""Training loop, in process: accumulation, locked towers, SigLIP, fine-tuning, recipes, optimiser, plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kontrast.errors import KontrastError
+from kontrast.train.config import TrainConfig, apply_overrides, load_recipe
+from kontrast.train.loop import Trainer
+from kontrast.train.optim import cosine_lr, exclude_from_decay, param_groups
+
+torch.set_num_threads(1)
+
+
+def tiny_cfg(tmp_path: Path, data_dir: Path, **kw) -> TrainConfig:
+    base = dict(model="tiny-ViT", train_data=str(data_dir / "emoji_sample" / "captions.csv"), batch_size=8, steps=2,
+                lr=1e-3, warmup=1, precision="fp32", output=str(tmp_path / "run"), log_every=1, tensorboard=False,
+                threads=1)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def make_tiny_bert(folder: Path) -> Path:
+    """A 1-layer BERT with a WordPiece tokenizer.json: an HF text tower from a local folder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import BertConfig, BertModel
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "an", "emoji", "of", "a", "face", "flag", "heart", "cat", "red", ":", ","]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=80, pad_token_id=0)
+    BertModel(cfg).save_pretrained(str(folder))
+    return folder
+
+
+def test_gradient_accumulation_equals_full_batch(tmp_path: Path, data_dir: Path) -> None:
+    grads = []
+    for accum in (1, 2):
+        trainer = Trainer(tiny_cfg(tmp_path / str(accum), data_dir, accum_steps=accum))
+        batch = next(trainer.batches)
+        loss = trainer.compute_gradients(batch.images, batch.captions)
+        grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        assert loss > 0
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
+
+
+def test_locked_hf_text_tower_from_local_folder_uses_the_cache(tmp_path: Path, data_dir: Path) -> None:
+    bert = make_tiny_bert(tmp_path / "bert")
+    model_config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+                    "text_cfg": {"hf_model": str(bert), "hf_pooler": "cls", "hf_proj": "linear", "context_length": 16}}
+    cfg = tiny_cfg(tmp_path, data_dir, model=None, model_config=model_config, lock_text=True, steps=2,
+                   save_model=str(tmp_path / "final"))
+    trainer = Trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run()
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if n.startswith("text.transformer."))
+    assert not torch.equal(before["text.proj.weight"], after["text.proj.weight"])
+    assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
+    assert len(trainer.text_cache.store) > 0
+    import kontrast
+
+    model, _, tokenizer = kontrast.load(tmp_path / "final")  # a local-folder tower is saved with the model
+    assert torch.allclose(model.text.proj.weight, after["text.proj.weight"].detach())
+    assert model.config.text.hf_model == str(bert)
+
+
+def test_locked_image_tower_stays_fixed(tmp_path: Path, data_dir: Path) -> None:
+    trainer = Trainer(tiny_cfg(tmp_path, data_dir, lock_image=True))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run()
+    for n, p in trainer.model.named_parameters():
+        if n.startswith("visual."):
+            assert torch.equal(before[n], p), n
+    assert not torch.equal(before["text_projection"], trainer.model.text_projection)
+    assert not trainer.model.visual.training
+
+
+def test_siglip_training_learns_a_bias_and_saves_it(tmp_path: Path, data_dir: Path) -> None:
+    cfg = tiny_cfg(tmp_path, data_dir, loss="siglip", steps=3, save_model=str(tmp_path / "final"))
+    trainer = Trainer(cfg)
+    assert abs(float(trainer.model.logit_bias.detach()) + 10.0) < 1e-6
+    last = trainer.run()
+    assert "logit_bias" in last and last["logit_bias"] != -10.0
+    import kontrast
+
+    model, _, _ = kontrast.load(tmp_path / "final")
+    assert model.logit_bias is not None and abs(float(model.logit_bias) - last["logit_bias"]) < 1e-5
+
+
+def test_finetune_from_an_openai_checkpoint(tmp_path: Path, data_dir: Path, fixtures_dir: Path) -> None:
+    cfg = tiny_cfg(tmp_path, data_dir, model=str(fixtures_dir / "openai_vit.pt"), steps=1, val_data=str(data_dir / "emoji_sample" / "captions.csv"))
+    trainer = Trainer(cfg)
+    assert trainer.model.image_size == 64
+    last = trainer.run()
+    assert 0.0 <= last["val_t2i_r1"] <= 1.0 and last["val_loss"] > 0
+
+
+def test_recipe_overrides_and_resolved_config(tmp_path: Path, data_dir: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: tiny-ViT\ntrain_data: {data_dir / 'emoji_sample' / 'captions.csv'}\nbatch_size: 8\n"
+                      f"steps: 5\nprecision: fp32\ntensorboard: false\nthreads: 1\noutput: {tmp_path / 'run'}\n")
+    from kontrast.cli import main
+
+    assert main(["train", str(recipe), "--steps", "2", "--lr", "0.002", "--aug-scale", "[0.5, 1.0]", "--quiet"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["steps"] == 2 and saved["lr"] == 0.002 and saved["aug_scale"] == [0.5, 1.0]
+    assert saved["model_config_resolved"]["embed_dim"] == 32
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    with pytest.raises(KontrastError, match="did you mean 'batch_size'"):
+        apply_overrides(TrainConfig(), {"batch-sise": 3})
+    with pytest.raises(KontrastError, match="must be an integer"):
+        apply_overrides(TrainConfig(), {"steps": "many"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(KontrastError, match="mapping"):
+        load_recipe(bad)
+
+
+def test_no_weight_decay_on_gains_biases_embeddings_and_temperature() -> None:
+    import kontrast
+
+    model = kontrast.create_model("tiny-ViT")
+    groups = param_groups(model, 0.2)
+    no_decay = {id(p) for p in groups[0]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    assert {"logit_scale", "token_embedding.weight", "positional_embedding", "visual.class_embedding",
+            "ln_final.weight", "ln_final.bias"} <= names
+    assert "text_projection" not in names and groups[0]["weight_decay"] == 0.0 and groups[1]["weight_decay"] == 0.2
+    assert exclude_from_decay("x.bias", torch.zeros(3, 3))
+
+
+def test_cosine_schedule_with_warmup() -> None:
+    assert cosine_lr(0, 1.0, 4, 10) == pytest.approx(0.25)
+    assert cosine_lr(3, 1.0, 4, 10) == pytest.approx(1.0)
+    assert cosine_lr(4, 1.0, 4, 10) == pytest.approx(1.0)
+    assert cosine_lr(7, 1.0, 4, 10) == pytest.approx(0.5)
+    assert cosine_lr(10, 1.0, 4, 10, min_lr=0.1) == pytest.approx(0.1)
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path: Path, data_dir: Path) -> None:
+    with pytest.raises(KontrastError, match="no training data"):
+        Trainer(TrainConfig(model="tiny-ViT"))
+    with pytest.raises(KontrastError, match="fewer than one batch"):
+        Trainer(tiny_cfg(tmp_path, data_dir, batch_size=512))
+    with pytest.raises(KontrastError, match="no checkpoint"):
+        Trainer(tiny_cfg(tmp_path, data_dir, output=str(tmp_path / "empty")), resume="latest")
