@@ -79,6 +79,16 @@ def test_augmentation_is_seeded_per_sample(tmp_path: Path) -> None:
     assert not torch.equal(a, c) or True  # a plain-colour image may crop identically; equality above is the point
 
 
+def test_caption_head_variant_is_seeded() -> None:
+    from kontrast.data.stream import caption_variant
+
+    text = "an emoji of a cat: animal, pet"
+    variants = {caption_variant(text, seed, 0.5) for seed in range(40)}
+    assert variants == {text, "an emoji of a cat"}
+    assert caption_variant(text, 7, 0.5) == caption_variant(text, 7, 0.5)
+    assert caption_variant(text, 7, 0.0) == text and caption_variant("no colon here", 1, 1.0) == "no colon here"
+
+
 def test_csv_and_folder_sources_are_read_lazily(tmp_path: Path, data_dir: Path) -> None:
     records = load_records(str(data_dir / "emoji_sample" / "captions.csv"))
     assert len(records) == 200 and records[0].data is None and records[0].meta["lazy"]

@@ -67,12 +67,21 @@ class ColorAugment:
 
 @dataclass
 class AugmentConfig:
-    """Train-time augmentation settings (recipe ``data.augment``)."""
+    """Train-time augmentation settings (recipe fields ``aug_*`` and ``caption_head``)."""
 
     scale: tuple[float, float] = (0.9, 1.0)  # random resized crop area range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     jitter: float = 0.0  # brightness/contrast/saturation +- jitter
     grayscale: float = 0.0  # probability of a grey image
+    caption_head: float = 0.0  # probability of keeping only the part of a caption before its first ": "
+
+
+def caption_variant(caption: str, seed: int, p_head: float) -> str:
+    """With probability ``p_head`` (seeded), the caption cut at its first ``": "`` (``"an emoji of a cat:
+    animal, pet"`` -> ``"an emoji of a cat"``), so a model also learns the short form prompts use."""
+    if p_head <= 0 or ": " not in caption or random.Random(seed).random() >= p_head:
+        return caption
+    return caption.split(": ", 1)[0]
 
 
 def sample_seed(seed: int, step: int, position: int) -> int:
@@ -175,7 +184,8 @@ class PairDataset(torch.utils.data.Dataset):
             data = record_bytes(record) if record.caption else None
             if data is not None:
                 try:
-                    return self.decoder(data, seed), record.caption, skipped
+                    caption = caption_variant(record.caption, seed, self.decoder.augment.caption_head)
+                    return self.decoder(data, seed), caption, skipped
                 except Exception as exc:  # noqa: BLE001 - any decode failure is one skipped sample
                     log.info("skipping %s: %s", record.source, exc)
             else:
@@ -331,8 +341,9 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
                     caption = self._caption(sample)
                     if data is None or not caption:
                         raise ValueError("no image or no caption")
-                    images.append(self.decoder(data, sample_seed(self.seed, n_pass, slot * 100_000_007 + idx)))
-                    captions.append(caption)
+                    seed = sample_seed(self.seed, n_pass, slot * 100_000_007 + idx)
+                    images.append(self.decoder(data, seed))
+                    captions.append(caption_variant(caption, seed, self.decoder.augment.caption_head))
                 except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted
                     skipped += 1
                     log.info("skipping %s: %s", sample.get("__key__"), exc)

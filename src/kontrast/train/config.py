@@ -38,6 +38,7 @@ class TrainConfig:
     aug_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
     aug_jitter: float = 0.0
     aug_grayscale: float = 0.0
+    caption_head: float = 0.0  # probability of training on the caption's part before its first ": "
     # ---- objective and optimisation
     loss: str = "clip"  # "clip" or "siglip"
     local_loss: bool = False

@@ -84,7 +84,7 @@ def apply_locks(model: nn.Module, cfg: TrainConfig) -> None:
 def _decoder(model: nn.Module, cfg: TrainConfig):
     from ..data.stream import AugmentConfig, SampleDecoder
 
-    aug = AugmentConfig(cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale)
+    aug = AugmentConfig(cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale, cfg.caption_head)
     v = model.config.vision
     return SampleDecoder(model.image_size, v.mean, v.std, aug)
 
