@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
+from test_server import build_small_index
+from test_server_live import live_server
 
 from kontrast.search.query import Searcher
 from kontrast.search.server import create_app
-
-from test_server import build_small_index  # noqa: E402
-from test_server_live import live_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -7,8 +7,8 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from kontrast.errors import KontrastError  # noqa: E402
-from kontrast.search import ann  # noqa: E402
+from kontrast.errors import KontrastError
+from kontrast.search import ann
 
 
 def _clustered(n: int, dim: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:
@@ -43,9 +43,9 @@ def test_ivf_tuned_to_target_on_structured_data():
 
 def test_auto_keeps_flat_when_ivf_does_not_pay(monkeypatch):
     monkeypatch.setattr(ann, "FLAT_LIMIT", 1000)
-    index, params = ann.build(_uniform(3000), np.arange(3000), "auto")  # no structure: IVF must scan ~everything
+    _, params = ann.build(_uniform(3000), np.arange(3000), "auto")  # no structure: IVF must scan ~everything
     assert params.kind == "flat" and "nprobe" in params.note
-    index, params = ann.build(_clustered(3000), np.arange(3000), "auto")
+    _, params = ann.build(_clustered(3000), np.arange(3000), "auto")
     assert params.kind == "ivf" and params.requested == "auto"
 
 

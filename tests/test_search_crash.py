@@ -58,7 +58,8 @@ def _contents(folder: Path) -> tuple[dict[int, str], dict[int, np.ndarray], dict
 
 def test_sigkill_mid_run_then_rerun_equals_one_go(tmp_path, data_dir, fixtures_dir):
     sample = data_dir / "emoji_sample"
-    rows = list(csv.DictReader(open(sample / "captions.csv", encoding="utf-8")))
+    with open(sample / "captions.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     pipe = tmp_path / "blocking.png"
     os.mkfifo(pipe)
     csv_path = tmp_path / "images.csv"

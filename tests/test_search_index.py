@@ -45,7 +45,7 @@ def _snapshot(folder) -> dict:
     rows = db.execute("SELECT id, path, sha256, alias_of, image_vec, text_vec FROM items ORDER BY id").fetchall()
     paths = {r[0]: r[1] for r in rows}
     db.close()
-    vec = lambda b: None if b is None else np.frombuffer(b, "<f4")  # noqa: E731
+    vec = lambda b: None if b is None else np.frombuffer(b, "<f4")
     return {r[1]: (r[0], r[2], paths.get(r[3]), vec(r[4]), vec(r[5])) for r in rows}
 
 
@@ -352,7 +352,8 @@ def test_cli_index_and_search_json(tmp_path, vit, sample, capsys):
 def test_shards(tmp_path, vit, sample):
     import tarfile
 
-    rows = list(csv.DictReader(open(sample / "captions.csv")))[:6]
+    with open(sample / "captions.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:6]
 
     def write_shard(path, items):
         with tarfile.open(path, "w") as tar:

@@ -17,19 +17,21 @@ import kontrast
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from kontrast.search.build import update_index  # noqa: E402
-from kontrast.search.index import SearchIndex  # noqa: E402
-from kontrast.search.query import Searcher  # noqa: E402
-from kontrast.search.server import create_app  # noqa: E402
+from kontrast.search.build import update_index
+from kontrast.search.index import SearchIndex
+from kontrast.search.query import Searcher
+from kontrast.search.server import create_app
 
 LIMIT = 256 * 1024
 
 
 def build_small_index(root: Path, sample: Path, model_path: str, n: int = 24) -> tuple[Path, list[dict]]:
     """An index over ``n`` emoji (CSV with captions, absolute paths) plus a 3-member shard."""
-    rows = list(csv.DictReader(open(sample / "captions.csv", encoding="utf-8")))[:n]
+    with open(sample / "captions.csv", encoding="utf-8") as f:
+        all_rows = list(csv.DictReader(f))
+    rows = all_rows[:n]
     images = root / "images"
     images.mkdir(parents=True)
     with open(root / "images.csv", "w", newline="", encoding="utf-8") as f:
@@ -39,7 +41,7 @@ def build_small_index(root: Path, sample: Path, model_path: str, n: int = 24) ->
             (images / row["filepath"]).write_bytes((sample / row["filepath"]).read_bytes())
             writer.writerow([str(images / row["filepath"]), row["caption"]])
     with tarfile.open(root / "shard-000.tar", "w") as tar:
-        for i, row in enumerate(list(csv.DictReader(open(sample / "captions.csv", encoding="utf-8")))[n: n + 3]):
+        for i, row in enumerate(all_rows[n: n + 3]):
             for ext, data in (("png", (sample / row["filepath"]).read_bytes()), ("txt", row["caption"].encode())):
                 info = tarfile.TarInfo(f"s{i:03d}.{ext}")
                 info.size = len(data)
@@ -197,7 +199,7 @@ def test_changed_file_not_served(env, tmp_path):
 def _huge_png_header() -> bytes:
     """A valid PNG header declaring 60000 x 60000 pixels (a decompression bomb), with no pixel data."""
     ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 

@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from kontrast.search.query import Searcher  # noqa: E402
-from kontrast.search.server import create_app  # noqa: E402
+from test_server import build_small_index
 
-from test_server import build_small_index  # noqa: E402
+from kontrast.search.query import Searcher
+from kontrast.search.server import create_app
 
 LIMIT = 256 * 1024
 

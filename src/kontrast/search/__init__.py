@@ -25,4 +25,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'kontrast.search' has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["IndexStats", "ModelMismatchError", "SearchIndex", "SearchResult", "Searcher", "update_index"]

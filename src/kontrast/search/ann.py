@@ -70,7 +70,7 @@ class AnnParams:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AnnParams":
+    def from_dict(cls, d: dict[str, Any]) -> AnnParams:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -150,7 +150,7 @@ def recall_at_10(index, vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray) 
     for qi, row in enumerate(rows):
         self_id = ids[row]
         truth = [ids[j] for j in exact[qi] if j >= 0 and ids[j] != self_id][:10]
-        got = set(int(i) for i in approx[qi] if i >= 0 and i != self_id)
+        got = {int(i) for i in approx[qi] if i >= 0 and i != self_id}
         hits += sum(1 for t in truth if int(t) in got)
         total += len(truth)
     return hits / total if total else 1.0

@@ -65,7 +65,7 @@ class SearchIndex:
 
     @classmethod
     def create(cls, folder: str | os.PathLike, model_spec: str, model_fingerprint: str, embed_dim: int,
-               index_type: str = "auto") -> "SearchIndex":
+               index_type: str = "auto") -> SearchIndex:
         """Create (or reopen for writing) an index folder, recording the model the vectors come from."""
         store = Store(folder, create=True)
         if store.get_info("model_fingerprint") is None:
@@ -260,7 +260,7 @@ class WriteLock:
         self.path = Path(folder) / ".lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> "WriteLock":
+    def __enter__(self) -> WriteLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -274,7 +274,7 @@ class WriteLock:
             raise
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class Searcher:
 
     @classmethod
     def open(cls, folder: str, model: str | None = None, pretrained: str | None = None, device: str = "cpu",
-             precision: str = "fp32", lock: bool = True) -> "Searcher":
+             precision: str = "fp32", lock: bool = True) -> Searcher:
         """Open an index with its own model (``model=None``: the spec recorded when it was built)."""
         from ..api import load
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -135,11 +136,11 @@ class Store:
         def __exit__(self, exc_type, exc, tb) -> None:
             self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
-    def transaction(self) -> "Store._Txn":
+    def transaction(self) -> Store._Txn:
         """``with store.transaction() as db:`` one atomic write (BEGIN IMMEDIATE ... COMMIT/ROLLBACK)."""
         return Store._Txn(self.db)
 
-    def snapshot(self) -> "_Snapshot":
+    def snapshot(self) -> _Snapshot:
         """``with store.snapshot() as db:`` consistent reads across several queries (one read transaction)."""
         return _Snapshot(self.db)
 
@@ -230,7 +231,7 @@ class _Snapshot:
         self.db.execute("BEGIN")
         return self.db
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.db.execute("COMMIT")
 
 
