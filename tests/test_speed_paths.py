@@ -3,7 +3,11 @@ bounds (bf16): oneDNN fused linears, patch embedding as a matmul, pooled last bl
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +173,15 @@ def test_resnet_unchanged_under_no_grad(fixtures_dir, batch):
             b, u = model.encode_image(pixels[:4]), model.encode_text(ids[:4])
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(t, u, atol=1e-4, rtol=1e-4)
+
+
+def test_peak_rss_does_not_grow_with_collection_size(fixtures_dir):
+    """benchmarks/memory.py at small N: embedding 4x more images (more shards) keeps the same peak RSS."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
+    cmd = [sys.executable, str(script), "--n", "100", "400", "--layout", "tar", "--shard-size", "50",
+           "--model", str(fixtures_dir / "openai_vit.pt"), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    small, large = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (small["images"], large["images"]) == (100, 400) and small["skipped"] == large["skipped"] == 0
+    assert large["peak_rss_mb"] - small["peak_rss_mb"] < 24, (small, large)
