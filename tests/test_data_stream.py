@@ -52,7 +52,7 @@ def test_indexed_batches_skip_and_count_a_corrupt_sample(tmp_path: Path) -> None
     batch = next(iter(loader))
     assert batch.images.shape == (12, 3, 16, 16)  # the bad sample was replaced, the batch keeps its size
     assert batch.skipped == 1
-    assert "caption 3" in batch.captions or batch.captions.count("caption 3") == 0
+    assert "caption 3" not in batch.captions and len(set(batch.captions)) == 11  # one good sample drawn twice
 
 
 def test_step_batch_sampler_rank_slices_make_the_global_batch() -> None:
@@ -73,10 +73,10 @@ def test_step_batch_sampler_rank_slices_make_the_global_batch() -> None:
 def test_augmentation_is_seeded_per_sample(tmp_path: Path) -> None:
     records = load_records(str(make_shard(tmp_path / "a.tar", 4)))
     ds = PairDataset(records, decoder(jitter=0.3))
-    a, b, c = ds[(1, 11)][0], ds[(1, 11)][0], ds[(1, 12)][0]
+    a, b = ds[(1, 11)][0], ds[(1, 11)][0]
     assert torch.equal(a, b)
+    assert not torch.equal(a, ds[(1, 12)][0])  # another seed, another colour jitter
     assert a.shape == (3, 16, 16)
-    assert not torch.equal(a, c) or True  # a plain-colour image may crop identically; equality above is the point
 
 
 def test_caption_head_variant_is_seeded() -> None:

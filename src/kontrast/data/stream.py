@@ -243,7 +243,7 @@ class Batch:
 def collate(items: list[tuple[torch.Tensor | None, str, int]]) -> Batch:
     """Stack the good samples; count the bad ones."""
     good = [(x, c) for x, c, _ in items if x is not None]
-    skipped = sum(s for _, _, s in items) + 0
+    skipped = sum(s for _, _, s in items)
     if not good:
         raise KontrastError("a whole batch of samples could not be decoded; check the data")
     return Batch(torch.stack([x for x, _ in good]), [c for _, c in good], skipped)
