@@ -228,7 +228,7 @@ def describe_model(model, name: str) -> dict:
     text = (f"{cfg.text.hf_model} ({cfg.text.hf_pooler} pooling)" if cfg.text.hf_model else
             f"Transformer {cfg.text.layers} layers, width {cfg.text.width}")
     return {
-        "name": name, "architecture": cfg.name or "custom", "fingerprint": fingerprint(model),
+        "name": name, "architecture": cfg.name or "custom config", "fingerprint": fingerprint(model),
         "image_size": model.image_size, "embed_dim": model.embed_dim, "vision": vision, "text": text,
         "parameters": sum(p.numel() for p in model.parameters()),
         "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
@@ -360,7 +360,7 @@ def render_html(report: DemoReport) -> str:
 <title>kontrast demo report</title><style>{_CSS}</style></head>
 <body><header><h1>kontrast demo</h1>
 <p>model <b>{_e(report.model_name)}</b> &middot; fingerprint <code>{_e(info.get("fingerprint"))}</code> &middot;
-{_e(info.get("architecture"))}, {_e(info.get("parameters"))} parameters, {_e(info.get("image_size"))} px images</p>
+{_e(info.get("architecture"))}, {info.get("parameters", 0) / 1e6:.1f} M parameters, {_e(info.get("image_size"))} px images</p>
 <p>Zero-shot classification and text search over {len(report.samples)} bundled images that the default model never saw
 in training: held-out emoji concepts, the unseen OpenMoji style, held-out clip art ({_e(styles)} correct).</p></header>
 <main><div class="stats">{stat_html}</div>
