@@ -92,6 +92,13 @@ def test_cli_demo_missing_model_is_one_line_error(tmp_path: Path, capsys) -> Non
     assert not (tmp_path / "o" / "report.html").exists()
 
 
+def test_cli_demo_out_is_a_file(standin: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "taken").write_text("x")
+    assert main(["demo", "--model", str(standin), "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the report folder" in err and "--out" in err and "Traceback" not in err
+
+
 def test_classify_and_search_rank_by_similarity() -> None:
     """With image embeddings equal to their label's text embedding, every image ranks its own label first."""
     samples = demo.load_sample()[:4]

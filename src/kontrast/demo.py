@@ -267,24 +267,20 @@ def run_demo(model: str = "default", out_dir: str | os.PathLike = "kontrast-demo
 
     Returns the report and the path of the HTML file.
     """
-    import warnings
-
     from .api import load
 
     note = progress or (lambda _msg: None)
-    t0 = time.perf_counter()
-    note(f"loading model {model}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a random-init architecture name is allowed for trying things
-        loaded, preprocess, tokenizer = load(model, device=device, precision=precision)
-    load_s = time.perf_counter() - t0
-    report = build_report(loaded, preprocess, tokenizer, str(model), progress=progress)
-    report.seconds = {"load_model": load_s, **report.seconds}
     out = Path(out_dir)
-    try:
+    try:  # fail before the model work, not after it
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise KontrastError(f"cannot create the report folder {out}: {exc.strerror}; pass another --out") from exc
+    t0 = time.perf_counter()
+    note(f"loading model {model}")
+    loaded, preprocess, tokenizer = load(model, device=device, precision=precision)
+    load_s = time.perf_counter() - t0
+    report = build_report(loaded, preprocess, tokenizer, str(model), progress=progress)
+    report.seconds = {"load_model": load_s, **report.seconds}
     report.seconds["total"] = time.perf_counter() - t0
     path = write_html(report, out / "report.html")
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

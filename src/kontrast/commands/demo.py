@@ -13,8 +13,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="zero-shot and search over bundled sample images; writes an HTML report",
                               description="Classify and search a small bundled image sample with a model (the "
                                           "embedded default one unless --model), offline; writes DIR/report.html.")
-    p.add_argument("--out", default="kontrast-demo", help="folder for report.html and report.json (default: ./kontrast-demo)")
-    p.add_argument("--model", default="default", help="checkpoint path or name (default: the embedded default model)")
+    p.add_argument("--out", metavar="DIR", default="kontrast-demo", help="folder for report.html and report.json (default: ./kontrast-demo)")
+    p.add_argument("--model", metavar="M", default="default", help="checkpoint path or name (default: the embedded default model)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the report path")
