@@ -113,25 +113,30 @@ def test_csv_several_captions_per_image(clip, tmp_path):
         tmp_path,
         [
             "red.png,a red square|crimson",
-            "green.png,a green square",
+            "green.png,a green square|a square",
             "red.png,scarlet",
-            "blue.png,a blue square",
+            "blue.png,a blue square|a square",
         ],
         header="filepath,caption",
     )
     ds = open_dataset(path, need="captions")
     assert [(i["filepath"], i["captions"]) for i in ds.source.items] == [
         ("red.png", ["a red square", "crimson", "scarlet"]),
-        ("green.png", ["a green square"]),
-        ("blue.png", ["a blue square"]),
+        ("green.png", ["a green square", "a square"]),
+        ("blue.png", ["a blue square", "a square"]),
     ]
     record = evaluate(
         "retrieval", model, path, preprocess=pre, tokenizer=tok, cache_dir=tmp_path / "cache", workers=1
     )  # the CSV source goes to a DataLoader worker process
     assert set(record["metrics"]) == RETRIEVAL_KEYS
-    assert record["details"]["n_images"] == 3 and record["details"]["n_captions"] == 5
+    details = record["details"]
+    assert details["n_images"] == 3 and details["n_captions"] == 7
+    assert (
+        details["n_distinct_captions"] == 6 and details["n_shared_captions"] == 1
+    )  # "a square": green, blue
     assert set(record["metrics"]["mean_rank"]) == {"image_to_text", "text_to_image"}
-    assert record["metrics"]["image_to_text_R@5"] == 1.0  # 5 captions: one of them is always in the top 5
+    # 6 distinct texts, every image has 2+ of them: one is always in the top 5
+    assert record["metrics"]["image_to_text_R@5"] == 1.0
 
 
 # ---- feature cache -------------------------------------------------------------------------------------

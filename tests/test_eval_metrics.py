@@ -81,18 +81,19 @@ def test_retrieval_ranks_by_hand():
     assert metrics["median_rank"] == {"image_to_text": 1.0, "text_to_image": 1.0}
 
 
-def _brute_force(images: np.ndarray, texts: np.ndarray, owner: np.ndarray) -> tuple[list[int], list[int]]:
+def _brute_force(images: np.ndarray, texts: np.ndarray, text_images: list[list[int]]) -> tuple[list, list]:
+    """Sort every query's candidates and walk down to the first correct one."""
     sims = images @ texts.T
     i2t = []
     for i in range(len(images)):
-        if not (owner == i).any():
+        if not any(i in imgs for imgs in text_images):
             continue
         order = sorted(range(len(texts)), key=lambda j: -sims[i, j])
-        i2t.append(next(pos for pos, j in enumerate(order, start=1) if owner[j] == i))
+        i2t.append(next(pos for pos, j in enumerate(order, start=1) if i in text_images[j]))
     t2i = []
     for j in range(len(texts)):
         order = sorted(range(len(images)), key=lambda i: -sims[i, j])
-        t2i.append(order.index(owner[j]) + 1)
+        t2i.append(next(pos for pos, i in enumerate(order, start=1) if i in text_images[j]))
     return i2t, t2i
 
 
@@ -100,13 +101,11 @@ def _brute_force(images: np.ndarray, texts: np.ndarray, owner: np.ndarray) -> tu
 def test_recall_matches_brute_force_with_several_captions(seed):
     rng = np.random.default_rng(seed)
     n_images, dim = 40, 8
-    owner = np.concatenate(
-        [rng.integers(0, n_images - 5, size=70), np.arange(n_images - 5)]
-    )  # last 5: no caption
-    owner = rng.permutation(owner)
+    owner = np.concatenate([rng.integers(0, n_images - 5, size=70), np.arange(n_images - 5)])
+    owner = rng.permutation(owner)  # 105 captions; images 35-39 have none
     images = rng.normal(size=(n_images, dim)).astype(np.float32)
     texts = (images[owner] * 0.3 + rng.normal(size=(len(owner), dim))).astype(np.float32)
-    i2t_ref, t2i_ref = _brute_force(images, texts, owner)
+    i2t_ref, t2i_ref = _brute_force(images, texts, [[int(i)] for i in owner])
     i2t, t2i = M.retrieval_ranks(images, texts, owner, chunk=7)  # odd chunk: exercise the chunking
     assert i2t.tolist() == i2t_ref and t2i.tolist() == t2i_ref
     metrics, _ = M.retrieval_metrics(images, texts, owner)
@@ -115,6 +114,16 @@ def test_recall_matches_brute_force_with_several_captions(seed):
         assert metrics[f"text_to_image_R@{k}"] == pytest.approx(np.mean(np.array(t2i_ref) <= k))
     assert metrics["median_rank"]["text_to_image"] == pytest.approx(float(np.median(t2i_ref)))
     assert metrics["mean_rank"]["image_to_text"] == pytest.approx(float(np.mean(i2t_ref)))
+
+
+def test_recall_matches_brute_force_with_shared_captions():
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(30, 8)).astype(np.float32)
+    text_images = [sorted({int(i) for i in rng.integers(0, 28, size=rng.integers(1, 4))}) for _ in range(50)]
+    texts = rng.normal(size=(50, 8)).astype(np.float32)
+    i2t_ref, t2i_ref = _brute_force(images, texts, text_images)
+    i2t, t2i = M.retrieval_ranks(images, texts, text_images, chunk=4)
+    assert i2t.tolist() == i2t_ref and t2i.tolist() == t2i_ref
 
 
 def _clusters(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

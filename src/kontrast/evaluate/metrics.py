@@ -10,7 +10,7 @@ gets the worst possible rank, never a perfect one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -64,45 +64,59 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
 
 # ---- retrieval -------------------------------------------------------------------------------------
 def _ranks_chunked(
-    queries: np.ndarray, items: np.ndarray, correct_of: Callable[[int, int], np.ndarray], chunk: int
+    queries: np.ndarray, items: np.ndarray, pair_query: np.ndarray, pair_item: np.ndarray, chunk: int
 ) -> np.ndarray:
-    """1-based rank of the best correct item for every query (see the module note on ties)."""
+    """1-based rank of the best correct item for every query (see the module note on ties).
+
+    ``(pair_query[p], pair_item[p])`` lists the correct (query, item) pairs, sorted by query.
+    """
     ranks = np.zeros(len(queries), dtype=np.int64)
     for start in range(0, len(queries), chunk):
         sims = queries[start : start + chunk] @ items.T  # [b, M]
-        mask = correct_of(start, sims.shape[0])  # [b, M] bool
+        lo, hi = np.searchsorted(pair_query, [start, start + sims.shape[0]])
+        mask = np.zeros(sims.shape, dtype=bool)  # [b, M]: correct items of each query
+        mask[pair_query[lo:hi] - start, pair_item[lo:hi]] = True
         best = np.where(mask, sims, -np.inf).max(axis=1, keepdims=True)  # [b, 1]
         ahead = ((sims >= best) & ~mask).sum(axis=1)
         ranks[start : start + chunk] = ahead + 1
     return ranks
 
 
+def _pairs(text_image: np.ndarray | Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(text index, image index)`` of every correct pair."""
+    if all(isinstance(x, (int, np.integer)) for x in text_image):  # one image per text
+        images = np.asarray(text_image, dtype=np.int64)
+        return np.arange(len(images), dtype=np.int64), images
+    texts = np.asarray([t for t, imgs in enumerate(text_image) for _ in imgs], dtype=np.int64)
+    images = np.asarray([i for imgs in text_image for i in imgs], dtype=np.int64)
+    return texts, images
+
+
 def retrieval_ranks(
-    image_features: np.ndarray, text_features: np.ndarray, text_image: np.ndarray, chunk: int = 1024
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    text_image: np.ndarray | Sequence[Sequence[int]],
+    chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks for both directions, with several captions per image.
+    """Ranks for both directions, with several captions per image (and several images per caption).
 
     ``image_features`` [N, D] and ``text_features`` [M, D] (normalised: the dot product is the score);
-    ``text_image`` [M]: the index of the image each caption belongs to. Returns ``(image_to_text [N'],
-    text_to_image [M])`` where image->text covers the N' images that have at least one caption: its
-    rank is the position of the first of its captions in the sorted caption list. Text->image: the
-    position of the caption's own image.
+    ``text_image``: for each caption, the index of its image ([M] ints), or the list of images it
+    describes (a caption text shared by several images). Returns ``(image_to_text [N'],
+    text_to_image [M])``: image->text covers the N' images that have a caption, and its rank is the
+    position of the first of its captions in the sorted caption list; text->image is the position of
+    the first of the caption's images.
     """
     img = np.asarray(image_features, dtype=np.float32)
     txt = np.asarray(text_features, dtype=np.float32)
-    owner = np.asarray(text_image, dtype=np.int64)
-    has_caption = np.zeros(len(img), dtype=bool)
-    has_caption[owner] = True
-    queried = np.flatnonzero(has_caption)
-
-    def images_correct(start: int, n: int) -> np.ndarray:
-        return owner[None, :] == queried[start : start + n, None]  # [b, M]
-
-    def texts_correct(start: int, n: int) -> np.ndarray:
-        return np.arange(len(img))[None, :] == owner[start : start + n, None]  # [b, N]
-
-    i2t = _ranks_chunked(img[queried], txt, images_correct, chunk)
-    t2i = _ranks_chunked(txt, img, texts_correct, chunk)
+    pair_text, pair_image = _pairs(text_image)
+    queried = np.unique(pair_image)  # images with at least one caption
+    query_of_image = np.full(len(img), -1, dtype=np.int64)
+    query_of_image[queried] = np.arange(len(queried))
+    by_image = np.argsort(query_of_image[pair_image], kind="stable")
+    by_text = np.argsort(pair_text, kind="stable")
+    i2t = _ranks_chunked(img[queried], txt, query_of_image[pair_image][by_image], pair_text[by_image], chunk)
+    t2i = _ranks_chunked(txt, img, pair_text[by_text], pair_image[by_text], chunk)
     return i2t, t2i
 
 
@@ -115,7 +129,7 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
 def retrieval_metrics(
     image_features: np.ndarray,
     text_features: np.ndarray,
-    text_image: np.ndarray,
+    text_image: np.ndarray | Sequence[Sequence[int]],
     ks: Sequence[int] = (1, 5, 10),
 ) -> tuple[dict, dict]:
     """``(metrics, ranks)``: recall@k per direction plus mean and median rank (1-based) per direction."""
