@@ -2,22 +2,24 @@
 
 Every index holds explicit int64 ids (the SQLite row ids of ``store.py``):
 
-- ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)``. Used below ``FLAT_LIMIT`` vectors, where an exhaustive scan
-  costs a few milliseconds a query and needs no training.
+- ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)``. Used below ``FLAT_LIMIT`` vectors, where an
+  exhaustive scan costs a few milliseconds a query and needs no training.
 - ``ivf``: ``IndexIVFFlat`` with ``nlist`` ~ sqrt(n) lists (a power of two), trained with k-means on a
-  seeded sample of 64 points per list. (FAISS suggests 4-16 * sqrt(n) for the fastest queries, but on a
-  2-core CPU the k-means and the list assignment then take ~15 min for 1M 512-d vectors instead of ~2.) Supports adding and removing ids, so incremental updates stay cheap. The IVF stores
-  the ids itself, NOT inside an ``IndexIDMap``: ``IndexIDMap.remove_ids`` compacts its id table as if
-  the wrapped index renumbered its entries, which an IVF does not, so ids shift after a removal.
-- ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)`` (M = 32). Only when forced: it cannot remove ids (deletions mean a rebuild)
-  and ``benchmarks/search.py`` measured its build at ~70 s per 100k 512-d vectors on 2 cores (IVF: ~2 s).
+  seeded sample of 64 points per list. FAISS suggests 4-16 * sqrt(n) lists for the fastest queries, but
+  on a 2-core CPU the k-means and the list assignment then take ~15 min for 1M 512-d vectors instead of
+  ~2. Supports adding and removing ids, so incremental updates stay cheap. The IVF stores the ids
+  itself, NOT inside an ``IndexIDMap``: ``IndexIDMap.remove_ids`` compacts its id table as if the
+  wrapped index renumbered its entries, which an IVF does not, so ids shift after a removal.
+- ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)`` (M = 32). Only when forced: it cannot remove ids (deletions
+  mean a rebuild), and ``benchmarks/search.py`` measured its build at 104-276 s for 200k 512-d vectors
+  on 2 busy cores, against 20-55 s for the IVF (including tuning), with no better recall or latency.
 
 Recall target: the search parameter (``nprobe`` / ``efSearch``) is tuned on the data itself, as the
 smallest value whose recall@10 against exact search reaches ``RECALL_TARGET`` (0.95) on a seeded sample
 of the indexed vectors used as queries (each query's own id excluded). When the automatic choice finds
-that an IVF must probe more than ``MAX_PROBE_FRACTION`` of its lists to reach the target (data without
-cluster structure, such as i.i.d. random vectors), it keeps the flat index: exhaustive search is then as
-fast and exact.
+that an IVF would have to probe more than ``MAX_PROBE_FRACTION`` of its lists to reach the target (data
+without cluster structure, such as i.i.d. random vectors), it keeps the flat index: exhaustive search
+is then as fast, and exact.
 """
 
 from __future__ import annotations
