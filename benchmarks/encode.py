@@ -215,20 +215,24 @@ def build_variants(model, folder: Path, args, notes: list[str]) -> list[Variant]
     open_clip, note = import_open_clip()
     if note:
         notes.append(note)
-    if open_clip is not None:
+    oc = None
+    if open_clip is not None and cfg.text.hf_model:
+        notes.append("open_clip skipped: its HF text tower would be fetched from the hub")
+    elif open_clip is not None:
         kontrast.export(model, folder / "open_clip", format="open_clip")
         oc_cfg = json.loads((folder / "open_clip" / "open_clip_config.json").read_text())["model_cfg"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             oc = open_clip.model.CLIP(**oc_cfg).eval()
         oc.load_state_dict(model.state_dict(), strict=True)
+    if oc is not None:
         version = getattr(open_clip, "__version__", "?")
         out.append(Variant(f"open_clip {version} fp32", oc.encode_image, oc.encode_text))
         if "peer-bf16" not in args.skip:
             ocb = copy.deepcopy(oc).to(torch.bfloat16)
             out.append(Variant(f"open_clip {version} bf16 (weights cast)", lambda x: ocb.encode_image(x.bfloat16()),
                                ocb.encode_text))
-    if open_clip is None or args.reference:
+    if oc is None or args.reference:
         if cfg.vision.is_resnet or cfg.text.hf_model:
             notes.append("open_clip-equivalent reference covers ViT + CLIP text towers only: skipped")
         else:
@@ -352,6 +356,10 @@ def default_zeroshot_model() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def print_now(lines: list[str]) -> None:
+    print("\n".join(lines), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B-32", help="architecture (random weights, seed 0) or checkpoint")
@@ -393,26 +401,24 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     print(f"# encode benchmark: {args.model} ({'random weights' if not Path(args.model).exists() else args.model}), "
           f"image {model.image_size}px")
     print(f"machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__} ({args.threads} threads), "
-          f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    lines: list[str] = []
+          f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     if "image" not in args.skip:
-        lines += table(f"encode_image, batch {args.image_batch}, real images (median of {args.repeats} interleaved runs)",
-                       "images", args.image_batch, variants, "image", pixels, args.repeats, baseline)
+        print_now(table(f"encode_image, batch {args.image_batch}, real images (median of {args.repeats} interleaved runs)",
+                        "images", args.image_batch, variants, "image", pixels, args.repeats, baseline))
     if "text" not in args.skip:
         length = int(ids.argmax(-1).max()) + 1
-        lines += table(f"encode_text, batch {args.text_batch}, real captions (longest {length} of 77 tokens)",
-                       "texts", args.text_batch, variants, "text", ids, args.repeats, baseline)
+        print_now(table(f"encode_text, batch {args.text_batch}, real captions (longest {length} of 77 tokens)",
+                        "texts", args.text_batch, variants, "text", ids, args.repeats, baseline))
         if args.long_text:
-            lines += table(f"encode_text, batch {args.text_batch}, captions filling all 77 tokens",
-                           "texts", args.text_batch, variants, "text", long_ids, args.repeats, baseline)
-    print("\n".join(lines))
+            print_now(table(f"encode_text, batch {args.text_batch}, captions filling all 77 tokens",
+                            "texts", args.text_batch, variants, "text", long_ids, args.repeats, baseline))
     load_after = os.getloadavg()
     print(f"\nload average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}")
     for note in notes:
         print(f"note: {note}")
     if args.zeroshot:
         spec = args.zeroshot_model or default_zeroshot_model()
-        print("\n".join(zeroshot(spec, args.threads, folder)))
+        print_now(zeroshot(spec, args.threads, folder))
 
 
 if __name__ == "__main__":

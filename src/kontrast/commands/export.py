@@ -2,7 +2,7 @@
 
 ``--onnx`` writes both towers as ONNX graphs (dynamic batch) plus a manifest, checks them against PyTorch
 with onnxruntime at batch sizes 1 and 3 and prints the largest differences; ``--int8`` also writes
-dynamically int8-quantised graphs. ``--format/--out`` writes the checkpoint in another library's layout
+dynamically int8-quantised graphs (a Hugging Face text tower stays float32). ``--format/--out`` writes the checkpoint in another library's layout
 (``kontrast.export``) or kontrast's own (``kontrast.save``). The resulting ONNX folder loads with
 ``kontrast.load(DIR, backend="onnx")``.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -49,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  max |onnxruntime - torch|, batch 1 and 3: image {diffs['image']:.2e}, text {diffs['text']:.2e}")
         if args.int8:
             diffs = verify_onnx(model, folder, precision="int8")  # quantises on first use, next to the fp32 graphs
-            print(f"  int8: image_encoder.int8.onnx, text_encoder.int8.onnx; max |int8 - torch fp32|: "
-                  f"image {diffs['image']:.2e}, text {diffs['text']:.2e}")
+            files = ", ".join(sorted(p.name for p in Path(folder).glob("*.int8.onnx")))
+            print(f"  int8: {files}; max |int8 - torch fp32|: image {diffs['image']:.2e}, text {diffs['text']:.2e}")
     if args.out:
         out = save(model, args.out) if args.format == "kontrast" else export(model, args.out, format=args.format)
         print(f"{args.format}: {out}")

@@ -3,14 +3,16 @@
 ``export_onnx(model, folder)`` writes
 
 * ``image_encoder.onnx``: ``pixel_values [batch, 3, H, W] float32 -> image_embeds [batch, E]``
-* ``text_encoder.onnx``: ``input_ids [batch, sequence] int64 -> text_embeds [batch, E]`` (unnormalised,
-  read at the end-of-text token; ``sequence`` may be shorter than the context, see below)
+* ``text_encoder.onnx``: ``input_ids [batch, sequence] int64 -> text_embeds [batch, E]`` (unnormalised;
+  a CLIP text tower is read at the end-of-text token, a Hugging Face text tower (``hf_model``) computes
+  its padding mask from the ids and mean-pools; ``sequence`` may be shorter than the context, see below)
 * ``kontrast_onnx.json``: the manifest (model config, fingerprint, temperature, preprocessing, file names),
   written last, so a folder with a manifest is a complete export.
 
 Both graphs have a dynamic batch axis. The text graph's sequence axis is dynamic too: with causal attention
-the tokens after the last end-of-text token of a batch never reach a pooled row, so the runtime
-(``kontrast.export.runtime``) cuts them off before calling the graph, as the PyTorch model does.
+the tokens after the last end-of-text token of a batch never reach a pooled row (with a padding mask, the
+padding columns never do), so the runtime (``kontrast.export.runtime``) cuts them off before calling the
+graph, as the PyTorch model does.
 
 The graphs come from the TorchScript-based exporter (``dynamo=False``), which needs no extra packages and
 traces the towers' plain PyTorch path (the oneDNN fast path switches itself off while tracing).
@@ -67,12 +69,16 @@ def example_inputs(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torc
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, model.image_size, model.image_size, generator=generator)
     context = model.context_length
-    ids = torch.zeros(batch, context, dtype=torch.long)
+    hf = getattr(model.config.text, "hf_model", None)
+    vocab = model.text.transformer.config.vocab_size if hf else model.config.text.vocab_size
+    start, end_id = (101, 102) if hf else (vocab - 2, vocab - 1)  # [CLS]/[SEP], <start_of_text>/<end_of_text>
+    pad = int(getattr(getattr(model, "text", None), "pad_token_id", 0)) if hf else 0
+    ids = torch.full((batch, context), pad, dtype=torch.long)
     for row in range(batch):
         end = min(context - 1, 3 + 5 * row)
-        ids[row, 0] = 49406  # <start_of_text>
-        ids[row, 1:end] = torch.randint(300, 49000, (end - 1,), generator=generator)
-        ids[row, end] = 49407  # <end_of_text>
+        ids[row, 0] = start
+        ids[row, 1:end] = torch.randint(1000, min(vocab - 3, 49000), (end - 1,), generator=generator)
+        ids[row, end] = end_id
     return pixels, ids
 
 
@@ -92,6 +98,13 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input
             torch.onnx.export(module, args, str(path), dynamo=False, **kwargs)
         except TypeError:  # a torch without the ``dynamo`` switch: its only exporter is the legacy one
             torch.onnx.export(module, args, str(path), **kwargs)
+
+
+def text_truncation(model: nn.Module) -> str:
+    """``"eot"``: a causal CLIP text tower read at the end-of-text token (argmax id), so ids after the batch's
+    last end-of-text token never matter; ``"padding"``: a Hugging Face encoder with a padding mask and
+    masked pooling, so columns after the batch's last non-padding id never matter."""
+    return "padding" if getattr(model.config.text, "hf_model", None) else "eot"
 
 
 def _manifest(model: nn.Module, preprocess: dict[str, Any] | None, opset: int) -> dict[str, Any]:
@@ -114,8 +127,9 @@ def _manifest(model: nn.Module, preprocess: dict[str, Any] | None, opset: int) -
         "context_length": int(model.context_length),
         "opset": opset,
         "files": {"fp32": {"image": IMAGE_FILE, "text": TEXT_FILE}},
-        # the runtime may cut ids after the batch's last end-of-text token (causal, argmax-pooled text tower)
-        "text_truncation": True,
+        # which ids the runtime may cut off before calling the text graph (see ``text_truncation``)
+        "text_truncation": text_truncation(model),
+        "pad_token_id": int(getattr(getattr(model, "text", None), "pad_token_id", 0)),
         "inputs": {"image": "pixel_values", "text": "input_ids"},
         "outputs": {"image": "image_embeds", "text": "text_embeds"},
         "torch_version": torch.__version__,
@@ -133,9 +147,6 @@ def export_onnx(
     The model is exported in float32 on the CPU (a copy is made if it is stored otherwise).
     ``preprocess`` may override the normalisation (``{"mean": ..., "std": ...}``) recorded in the manifest.
     """
-    if getattr(model.config.text, "hf_model", None):
-        raise KontrastError("ONNX export supports CLIP text towers only; this model uses a Hugging Face text "
-                            "encoder (use backend='torch')")
     param = next(model.parameters())
     if param.dtype != torch.float32 or param.device.type != "cpu":
         fp = getattr(model, "_kontrast_fingerprint", None)

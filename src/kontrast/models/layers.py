@@ -100,6 +100,22 @@ def linear(
     return out if residual is None else residual + out
 
 
+class FusedLinear(nn.Linear):
+    """An ``nn.Linear`` (same parameters and state-dict names) that runs through ``linear_params``, i.e. oneDNN at
+    CPU inference. ``use_fused_linears`` switches the linears of a third-party module (a Hugging Face encoder)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_params(x, self.weight, self.bias)
+
+
+def use_fused_linears(module: nn.Module) -> nn.Module:
+    """Turn every plain ``nn.Linear`` inside ``module`` into a ``FusedLinear`` in place (weights untouched)."""
+    for child in module.modules():
+        if type(child) is nn.Linear:
+            child.__class__ = FusedLinear
+    return module
+
+
 def make_activation(name: str) -> nn.Module:
     """``"quick_gelu"`` or ``"gelu"`` (exact erf form, as ``nn.GELU`` and open_clip's default)."""
     if name == "quick_gelu":
