@@ -174,14 +174,15 @@ def _metric_columns(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def comparison_tables(records: Sequence[dict[str, Any]]) -> list[tuple[str, list[str], list[list[Any]]]]:
-    """One ``(task, header, rows)`` table per task, a row per run."""
+    """One ``(task, header, rows)`` table per task, a row per run (``run`` = the run folder's name)."""
     tables = []
     for task in dict.fromkeys(r["task"] for r in records):
         runs = [r for r in records if r["task"] == task]
         columns = _metric_columns(runs)
-        header = ["model", "fingerprint", "dataset", *columns]
+        header = ["run", "model", "fingerprint", "dataset", *columns]
         rows = [
             [
+                Path(r.get("_path", "")).name,
                 r.get("model", ""),
                 r.get("model_fingerprint", ""),
                 r.get("dataset", {}).get("spec", ""),
@@ -198,7 +199,7 @@ def comparison_markdown(records: Sequence[dict[str, Any]]) -> str:
     lines: list[str] = []
     for task, header, rows in comparison_tables(records):
         lines += [f"## {task}", ""]
-        lines += _table(header, rows, ["---"] * 3 + ["---:"] * (len(header) - 3))
+        lines += _table(header, rows, ["---"] * 4 + ["---:"] * (len(header) - 4))
         lines.append("")
     return "\n".join(lines)
 
@@ -221,7 +222,7 @@ def comparison_html(records: Sequence[dict[str, Any]]) -> str:
         )
         for row in rows:
             cells = "".join(
-                f"<td class='n'>{html.escape(_fmt(v))}</td>" if i >= 3 else f"<td>{html.escape(_fmt(v))}</td>"
+                f"<td class='n'>{html.escape(_fmt(v))}</td>" if i >= 4 else f"<td>{html.escape(_fmt(v))}</td>"
                 for i, v in enumerate(row)
             )
             parts.append(f"<tr>{cells}</tr>")
