@@ -174,7 +174,7 @@ def test_embedded_default_model_loads_offline_and_knows_its_training_emoji(data_
         img = model.encode_image(torch.stack([preprocess(record_bytes(r)) for r in records]), normalize=True)
         txt = model.encode_text(tokenizer([r.caption for r in records]), normalize=True)
     top1 = ((img @ txt.T).argmax(1) == torch.arange(len(records))).float().mean().item()
-    assert top1 > 0.3  # measured 0.565 for the shipped model
+    assert top1 > 0.3  # measured 0.63 for the shipped model
 
 
 def test_gradient_checkpointing_gives_the_same_step(tmp_path: Path, data_dir: Path) -> None:
