@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import _onednn_ok
+
 
 class Bottleneck(nn.Module):
     expansion = 4
@@ -127,7 +129,10 @@ class ModifiedResNet(nn.Module):
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the stem and the four stages (``[N, C, H, W]`` each)."""
-        x = self.stem(x.to(self.conv1.weight.dtype))
+        x = x.to(self.conv1.weight.dtype)
+        if _onednn_ok(x, self.conv1.weight):  # CPU inference: oneDNN's convolutions run ~1.4x faster on NHWC
+            x = x.contiguous(memory_format=torch.channels_last)  # same shape, channels-last memory layout
+        x = self.stem(x)
         maps = [x]
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
