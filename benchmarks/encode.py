@@ -1,7 +1,8 @@
 """Benchmark: image and text tower throughput, kontrast (fp32 / bf16 / int8 / onnxruntime) beside open_clip and
 transformers, on the same weights, in one process, with the accuracy of every fast path.
 
-Run:  python benchmarks/encode.py [--model ViT-B-32] [--threads 2] [--repeats 5] [--zeroshot]
+Run:  python benchmarks/encode.py [--model ViT-B-32] [--threads 2] [--repeats 5] [--long-text] [--zeroshot]
+      python benchmarks/encode.py --skip image,text --zeroshot     # only the zero-shot check
       /work/peers/bin/python benchmarks/encode.py ...   # an environment where ``import open_clip`` works
 
 What is measured: ``encode_image`` on a batch of 32 real images (emoji and clip art from ``../shared/data``,
@@ -384,6 +385,10 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     """Build every variant on the same weights, time them, print the tables (and the zero-shot check)."""
     from kontrast.api import canonical_name
 
+    if {"image", "text"} <= args.skip:  # only the zero-shot check
+        if args.zeroshot:
+            print_now(zeroshot(args.zeroshot_model or default_zeroshot_model(), args.threads, folder))
+        return
     if canonical_name(args.model) and not Path(args.model).exists():
         model = kontrast.create_model(args.model).eval()
         preprocess, tokenizer = kontrast.Preprocess(model.image_size), kontrast.get_tokenizer(model)
