@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..search.query import Searcher
 
     searcher = Searcher.open(args.index, model=args.model, pretrained=args.pretrained, device=args.device,
-                             precision=args.precision)
+                             precision=args.precision, backend=getattr(args, "backend", "torch"))
     results = searcher.search(text=args.query, image=args.image, k=args.top_k, exclude=args.exclude,
                               exclude_threshold=args.exclude_threshold, captions=args.captions)
     if args.json:

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     faiss.omp_set_num_threads(max(1, args.faiss_threads))
     searcher = Searcher.open(args.index, model=args.model, pretrained=args.pretrained, device=args.device,
-                             precision=args.precision, lock=not args.no_model_lock)
+                             precision=args.precision, backend=getattr(args, "backend", "torch"),
+                             lock=not args.no_model_lock)
     app = create_app(searcher, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"kontrast serve: warning: listening on {args.host}: anyone who can reach it can search the index "

@@ -61,7 +61,7 @@ class Searcher:
 
     @classmethod
     def open(cls, folder: str, model: str | None = None, pretrained: str | None = None, device: str = "cpu",
-             precision: str = "fp32", lock: bool = True) -> Searcher:
+             precision: str = "fp32", lock: bool = True, backend: str = "torch") -> Searcher:
         """Open an index with its own model (``model=None``: the spec recorded when it was built)."""
         from ..api import load
 
@@ -69,7 +69,7 @@ class Searcher:
         spec = model or index.model_spec
         if not spec:
             raise KontrastError(f"index {folder} records no model; pass --model")
-        m, preprocess, tokenizer = load(spec, pretrained=pretrained, device=device, precision=precision)
+        m, preprocess, tokenizer = load(spec, pretrained=pretrained, device=device, precision=precision, backend=backend)
         return cls(index, m, preprocess, tokenizer, spec, lock=lock)
 
     def _model_lock(self):
