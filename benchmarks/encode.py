@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import os
 import platform
@@ -47,8 +46,9 @@ import tempfile
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +105,7 @@ def import_open_clip() -> tuple[Any, str] | tuple[None, str]:
             return None, f"open_clip import failed ({exc})"
     for name in [m for m in sys.modules if m.startswith(("torchvision", "open_clip"))]:
         del sys.modules[name]
-    lib = torch.library.Library("torchvision", "DEF")  # noqa: F841 - kept alive by torch's registry
+    lib = torch.library.Library("torchvision", "DEF")
     for op in ("nms", "qnms"):
         lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     import_open_clip.lib = lib  # keep the library object alive
@@ -248,7 +248,9 @@ def build_variants(model, folder: Path, args, notes: list[str]) -> list[Variant]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 hf = CLIPModel.from_pretrained(folder / "hf", attn_implementation="sdpa").eval()
-            pooled = lambda o: o if torch.is_tensor(o) else o.pooler_output  # noqa: E731 - v5 returns an output object
+            def pooled(output: Any) -> torch.Tensor:  # transformers 5 returns an output object
+                return output if torch.is_tensor(output) else output.pooler_output
+
             import transformers
 
             out.append(Variant(f"transformers {transformers.__version__} fp32 (sdpa)",
@@ -325,10 +327,10 @@ def zeroshot(model_spec: str, threads: int, folder: Path) -> list[str]:
     samples += shard_samples("data/emoji/emoji-twitter-val_concepts-*.tar", 10_000)
     names = sorted({meta["name"] for _, _, meta in samples})
     labels = torch.tensor([names.index(meta["name"]) for _, _, meta in samples])
-    loaders = {"fp32": dict(), "bf16": dict(precision="bf16"), "onnx fp32": dict(backend="onnx"),
-               "onnx int8": dict(backend="onnx", precision="int8")}
-    lines = [f"\nzero-shot top-1, emoji val_concepts (Google + Twitter, {len(samples)} images, {len(names)} classes), "
-             f"model {model_spec}", "", "| variant | top-1 % | delta vs fp32 (points) |", "|---|---:|---:|"]
+    loaders: dict[str, dict[str, str]] = {"fp32": {}, "bf16": {"precision": "bf16"}, "onnx fp32": {"backend": "onnx"},
+                                          "onnx int8": {"backend": "onnx", "precision": "int8"}}
+    lines = [(f"\nzero-shot top-1, emoji val_concepts (Google + Twitter, {len(samples)} images, {len(names)} classes), "
+              f"model {model_spec}"), "", "| variant | top-1 % | delta vs fp32 (points) |", "|---|---:|---:|"]
     base = None
     os.environ["KONTRAST_CACHE"] = str(folder / "zs_cache")
     for label, kwargs in loaders.items():

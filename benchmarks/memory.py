@@ -54,20 +54,15 @@ def write_collection(root: Path, n: int, size: int, shard_size: int) -> None:
     rng = random.Random(0)
     (root / "images").mkdir(parents=True)
     (root / "shards").mkdir()
-    tar = None
-    for i in range(n):
-        png = synthetic_png(rng, size)
-        (root / "images" / f"{i:06d}.png").write_bytes(png)
-        if i % shard_size == 0:
-            if tar is not None:
-                tar.close()
-            tar = tarfile.open(root / "shards" / f"shard-{i // shard_size:06d}.tar", "w")
-        for ext, data in (("png", png), ("txt", f"synthetic image {i}".encode())):
-            info = tarfile.TarInfo(f"{i:06d}.{ext}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    if tar is not None:
-        tar.close()
+    for first in range(0, n, shard_size):
+        with tarfile.open(root / "shards" / f"shard-{first // shard_size:06d}.tar", "w") as tar:
+            for i in range(first, min(n, first + shard_size)):
+                png = synthetic_png(rng, size)
+                (root / "images" / f"{i:06d}.png").write_bytes(png)
+                for ext, data in (("png", png), ("txt", f"synthetic image {i}".encode())):
+                    info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
 
 
 def subset(root: Path, layout: str, n: int, shard_size: int) -> str:
@@ -148,7 +143,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", subset(root, layout, n, args.shard_size),
                        "--model", args.model, "--backend", args.backend, "--batch-size", str(args.batch_size),
                        "--workers", str(args.workers), "--threads", str(args.threads)]
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                 if out.returncode:
                     sys.exit(f"child for N={n} ({layout}) failed:\n{out.stderr[-2000:]}")
                 results.append({"layout": layout, "n": n, **json.loads(out.stdout.strip().splitlines()[-1])})

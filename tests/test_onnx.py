@@ -19,7 +19,6 @@ from kontrast.export.onnx_export import IMAGE_FILE, MANIFEST, TEXT_FILE, export_
 from kontrast.export.runtime import OnnxCLIP
 
 
-
 def real_samples(data_dir, n: int) -> tuple[list[bytes], list[str]]:
     """The first ``n`` PNGs and captions of an emoji shard (real images, real captions)."""
     images: dict[str, bytes] = {}

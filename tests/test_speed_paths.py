@@ -180,7 +180,7 @@ def test_peak_rss_does_not_grow_with_collection_size(fixtures_dir):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
     cmd = [sys.executable, str(script), "--n", "100", "400", "--layout", "tar", "--shard-size", "50",
            "--model", str(fixtures_dir / "openai_vit.pt"), "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     small, large = json.loads(out.stdout.strip().splitlines()[-1])
     assert (small["images"], large["images"]) == (100, 400) and small["skipped"] == large["skipped"] == 0

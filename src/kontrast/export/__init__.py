@@ -25,7 +25,7 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["export_onnx", "OnnxCLIP", "load_onnx", "quantize_onnx_int8"]
+__all__ = ["OnnxCLIP", "export_onnx", "load_onnx", "quantize_onnx_int8"]
 
 
 def __getattr__(name: str) -> Any:

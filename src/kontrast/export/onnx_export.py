@@ -85,13 +85,13 @@ def example_inputs(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torc
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_name: str, output_name: str,
             dynamic: dict[int, str], opset: int) -> None:
     """One ``torch.onnx.export`` call with the legacy (TorchScript) exporter and a dynamic batch axis."""
-    kwargs: dict[str, Any] = dict(
-        input_names=[input_name],
-        output_names=[output_name],
-        dynamic_axes={input_name: dynamic, output_name: {0: "batch"}},
-        opset_version=opset,
-        do_constant_folding=True,
-    )
+    kwargs: dict[str, Any] = {
+        "input_names": [input_name],
+        "output_names": [output_name],
+        "dynamic_axes": {input_name: dynamic, output_name: {0: "batch"}},
+        "opset_version": opset,
+        "do_constant_folding": True,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings about the legacy exporter
         try:

@@ -17,8 +17,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import KontrastError
-from .onnx_export import IMAGE_FILE, MANIFEST, TEXT_FILE, export_onnx, read_manifest
+from .onnx_export import MANIFEST, export_onnx, read_manifest
 
 log = logging.getLogger(__name__)
 
