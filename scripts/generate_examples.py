@@ -28,6 +28,10 @@ from kontrast.generate.params import frequency_energy
 
 EMOJI = ["an emoji of a red heart", "an emoji of a cat face", "an emoji of a pizza", "an emoji of a tree",
          "an emoji of a car"]
+# For scale: real emoji of the same concepts (CLDR names) in the OpenMoji style, which training never saw.
+REFERENCE = {"an emoji of a red heart": "red heart", "an emoji of a cat face": "cat face", "an emoji of a pizza": "pizza",
+             "an emoji of a tree": "deciduous tree", "an emoji of a car": "automobile"}
+REFERENCE_SHARD = Path(__file__).resolve().parents[2] / "shared/data/emoji/emoji-openmoji-val_style-000000.tar"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tile", type=int, default=96, help="pixels per image in grid.png")
     p.add_argument("--frame-every", type=int, default=15)
     p.add_argument("--out-dir", default="docs/generate")
+    p.add_argument("--reference-shard", default=str(REFERENCE_SHARD),
+                   help="emoji shard with real images of the default prompts (their similarities are printed)")
     return p.parse_args(argv)
 
 
@@ -64,6 +70,32 @@ def make_grid(rows: list[list[Image.Image]], row_labels: list[str], col_labels: 
         words = text.replace("an emoji of a ", "").replace("an emoji of ", "")
         draw.text((label_w + c * (tile + pad) + 2, y + 4), words[:16], fill="black")
     return grid
+
+
+def reference_images(shard: str, names: list[str], size: int) -> torch.Tensor | None:
+    """Real emoji whose json ``name`` is in ``names`` (in that order) as ``[N, 3, size, size]`` in [0, 1]."""
+    import io
+    import tarfile
+
+    from kontrast.generate import load_init_image
+
+    found: dict[str, Image.Image] = {}
+    try:
+        with tarfile.open(shard) as tf:
+            members = {m.name: m for m in tf.getmembers()}
+            for name, member in members.items():
+                if name.endswith(".json"):
+                    meta = json.load(tf.extractfile(member))
+                    png = members.get(name[:-5] + ".png")
+                    if meta.get("name") in names and png is not None:
+                        found[meta["name"]] = Image.open(io.BytesIO(tf.extractfile(png).read())).convert("RGB")
+    except (OSError, tarfile.TarError) as exc:
+        print(f"no reference images ({exc})", file=sys.stderr)
+        return None
+    if len(found) != len(names):
+        print(f"reference shard lacks {sorted(set(names) - set(found))}", file=sys.stderr)
+        return None
+    return torch.cat([load_init_image(found[n], (size, size)) for n in names])
 
 
 def markdown_matrix(sims: torch.Tensor, prompts: list[str]) -> str:
@@ -88,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     print("prompt text similarities (how alike the prompts are to the model):")
     print(markdown_matrix(text_features @ text_features.T, args.prompts) + "\n")
     rows, results = [], {}
+    if all(p in REFERENCE for p in args.prompts) and args.reference_shard:
+        real = reference_images(args.reference_shard, [REFERENCE[p] for p in args.prompts], model.image_size)
+        if real is not None:
+            sims = similarity_matrix(model, real, text_features, preprocess.mean, preprocess.std,
+                                     (model.image_size, model.image_size))
+            wins = sum(int(sims[i].argmax()) == i for i in range(len(args.prompts)))
+            print(f"### for scale, real OpenMoji emoji ({', '.join(REFERENCE[p] for p in args.prompts)}): "
+                  f"diagonal wins {wins}/{len(args.prompts)} rows\n")
+            print(markdown_matrix(sims, args.prompts) + "\n")
+            results["openmoji_reference"] = {"similarity": sims.tolist(), "diagonal_wins": wins}
     for param in args.params:
         images, runs = [], []
         for k, text in enumerate(args.prompts):
@@ -125,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = make_grid(rows, args.params, args.prompts, args.tile)
     grid.save(out_dir / "grid.png", optimize=True)
     meta = {k: v for k, v in vars(args).items() if k != "out_dir"}
+    meta["reference_shard"] = Path(args.reference_shard).name if args.reference_shard else None
     (out_dir / "results.json").write_text(json.dumps({"settings": meta, "results": results}, indent=1) + "\n")
     print(f"wrote {out_dir / 'grid.png'} and {out_dir / 'results.json'}", file=sys.stderr)
     return 0

@@ -31,6 +31,7 @@ from kontrast.generate import (
     similarity_matrix,
     spherical_dist,
 )
+from kontrast.generate.objective import total_variation
 from kontrast.generate.run import auto_min_scale, load_init_image, lr_at, to_pil
 
 # Short names: in the random text tower, "an emoji of a ..." prompts are 0.83-0.95 alike (the shared
@@ -199,6 +200,17 @@ def test_init_image_is_the_start(fixture_model, tmp_path):
     result = generate(model, tokenizer, ["a red heart"], cfg, init_image=init, progress=seen.append)
     assert (result.tensor - init[0]).abs().max() < 0.02
     assert "init_loss" in seen[0].stats and seen[0].stats["init_loss"] < 1e-4
+
+
+def test_total_variation_term_smooths(fixture_model):
+    model, _, tokenizer = fixture_model
+    runs = {}
+    for tv in (0.0, 50.0):
+        seen = []
+        cfg = GenerateConfig(steps=8, size=(32, 32), param="pixels", lr=0.1, cutouts=2, tv_weight=tv)
+        runs[tv] = (generate(model, tokenizer, ["a red heart"], cfg, progress=seen.append), seen)
+    assert "tv_loss" in runs[50.0][1][0].stats and "tv_loss" not in runs[0.0][1][0].stats
+    assert total_variation(runs[50.0][0].tensor) < total_variation(runs[0.0][0].tensor)
 
 
 def test_generate_rejects_bad_settings(fixture_model):

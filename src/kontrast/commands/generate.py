@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--cutouts", type=int, default=32, help="augmented crops scored per step (default 32)")
     p.add_argument("--cut-min-scale", type=float, default=None,
                    help="smallest crop side as a fraction of the image (default: auto, 0.25-0.7)")
-    p.add_argument("--init", default=None, metavar="IMAGE", help="start from this image (pixels/fourier)")
+    p.add_argument("--init", default=None, metavar="IMAGE",
+                   help="start from this image (pixels/fourier); with vqgan, pulled towards it (--init-weight)")
     p.add_argument("--init-weight", type=float, default=None,
                    help="MSE pull towards --init (default 0 for pixels/fourier, 1 for vqgan, where it is "
                         "the only way --init acts)")
