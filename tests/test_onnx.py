@@ -92,6 +92,8 @@ def test_backend_onnx_from_export_folder(vit, vit_export, real):
     torch.testing.assert_close(logits, ref_logits, atol=2e-3, rtol=1e-4)
     torch.testing.assert_close(logits_t, logits.T)
     assert torch.equal(tokenizer(["a cat"]), kontrast.tokenize(["a cat"]))
+    assert onnx_model.encode_image(pixels[:0]).shape == (0, model.embed_dim)  # empty batches work too
+    assert onnx_model.encode_text(ids[:0]).shape == (0, model.embed_dim)
     # a path to one of the .onnx files of the export names the same folder
     again, _, _ = kontrast.load(vit_export / IMAGE_FILE, backend="onnx")
     assert again.folder == vit_export

@@ -69,6 +69,9 @@ class OnnxTower(nn.Module):
         else:
             device, array = torch.device("cpu"), np.asarray(x)
         array = np.ascontiguousarray(array, dtype=np.int64 if self.input_name == "input_ids" else np.float32)
+        if not len(array):  # an empty batch: some graphs cannot reshape zero rows
+            dim = self.session.get_outputs()[0].shape[-1]
+            return torch.zeros(0, dim if isinstance(dim, int) else 0, device=device)
         out = self.session.run(None, {self.input_name: array})[0]
         return torch.from_numpy(out).to(device)
 
