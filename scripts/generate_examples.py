@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     grid.save(out_dir / "grid.png", optimize=True)
     meta = {k: v for k, v in vars(args).items() if k != "out_dir"}
     meta["reference_shard"] = Path(args.reference_shard).name if args.reference_shard else None
+    meta["model_fingerprint"] = kontrast.fingerprint(model)
     (out_dir / "results.json").write_text(json.dumps({"settings": meta, "results": results}, indent=1) + "\n")
     print(f"wrote {out_dir / 'grid.png'} and {out_dir / 'results.json'}", file=sys.stderr)
     return 0
