@@ -97,7 +97,7 @@ def test_siglip_training_learns_a_bias_and_saves_it(tmp_path: Path, data_dir: Pa
     import kontrast
 
     model, _, _ = kontrast.load(tmp_path / "final")
-    assert model.logit_bias is not None and abs(float(model.logit_bias) - last["logit_bias"]) < 1e-5
+    assert model.logit_bias is not None and abs(model.logit_bias.item() - last["logit_bias"]) < 1e-5
 
 
 def test_finetune_from_an_openai_checkpoint(tmp_path: Path, data_dir: Path, fixtures_dir: Path) -> None:
