@@ -403,8 +403,8 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     load_before = os.getloadavg()
-    print(f"# encode benchmark: {args.model} ({'random weights' if not Path(args.model).exists() else args.model}), "
-          f"image {model.image_size}px")
+    weights = "random weights, seed 0" if getattr(model, "checkpoint_path", None) is None else model.checkpoint_path
+    print(f"# encode benchmark: {args.model} ({weights}), image {model.image_size}px")
     print(f"machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__} ({args.threads} threads), "
           f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     if "image" not in args.skip:
