@@ -344,7 +344,7 @@ def render_html(report: DemoReport) -> str:
     mean_p = sum(s.precision for s in report.searches) / max(1, len(report.searches))
     stats = [(f"{report.top1:.0%}", f"zero-shot top-1 ({len(report.classifications)} images)"),
              (f"{report.top5:.0%}", "top-5"), (str(len(report.labels)), "candidate labels"),
-             (f"{mean_p:.0%}", f"search precision@{TOP_K_SEARCH}"), (f"{report.seconds.get('total', 0):.1f} s", "total time")]
+             (f"{mean_p:.0%}", f"search precision@{TOP_K_SEARCH}"), (f"{report.seconds.get('total', 0):.1f} s", "load + run time")]
     stat_html = "".join(f'<div class="stat"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for v, k in stats)
     cards = "".join(_classification_card(c, by_file[c.file]) for c in report.classifications)
     blocks = "".join(_search_block(s, by_file) for s in report.searches)
