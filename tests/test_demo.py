@@ -42,8 +42,8 @@ def _check_html(text: str, samples: list[demo.SampleImage]) -> None:
     for query, _ in demo.QUERIES:
         assert f"&ldquo;{query}&rdquo;" in text
     # self-contained: nothing fetched from elsewhere
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
-    assert not re.search(r"url\(\s*['\"]?(https?:)?//", text, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.IGNORECASE)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", text, re.IGNORECASE)
     assert "@import" not in text and "<script" not in text.lower() and "<link" not in text.lower()
 
 

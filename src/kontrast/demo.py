@@ -17,14 +17,13 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -362,7 +361,7 @@ in training: held-out emoji concepts, the unseen OpenMoji style, held-out clip a
 <main><div class="stats">{stat_html}</div>
 <h2>Zero-shot classification: top {TOP_K_LABELS} labels</h2>
 <p style="font-size:13px">Each image is scored against {len(report.labels)} labels (its own sample's names plus
-{len(report.labels) - len(set(c.label for c in report.classifications))} distractors), prompts
+{len(report.labels) - len({c.label for c in report.classifications})} distractors), prompts
 <code>{_e(templates)}</code> averaged. Green top border: the true label came first.</p>
 <div class="grid">{cards}</div>
 <h2>Text search over the sample: top {TOP_K_SEARCH} by cosine similarity</h2><div class="queries">{blocks}</div>
@@ -379,7 +378,7 @@ def write_html(report: DemoReport, path: str | os.PathLike) -> Path:
     """Write :func:`render_html` to ``path`` (atomically: a temporary file, then a rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with io.open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(render_html(report))
     os.replace(tmp, path)
     return path
