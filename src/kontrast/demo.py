@@ -20,10 +20,10 @@ import html
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 import torch
 
