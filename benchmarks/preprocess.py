@@ -21,8 +21,8 @@ import argparse
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def reference_transform(size: int) -> Callable[[str], torch.Tensor]:
 
 def open_clip_transform(size: int) -> Callable[[str], torch.Tensor] | None:
     try:
-        import open_clip  # noqa: F401
+        import open_clip
     except Exception:  # noqa: BLE001 - not installed (the usual case here)
         return None
     tf = open_clip.image_transform(size, is_train=False)

@@ -10,8 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from kontrast.data.stream import (AugmentConfig, PairDataset, SampleDecoder, StepBatchSampler, WebDatasetStream, collate,
-                                  count_tar_samples, indexed_loader, load_records, webdataset_loader)
+from kontrast.data.stream import (
+    AugmentConfig,
+    PairDataset,
+    SampleDecoder,
+    StepBatchSampler,
+    WebDatasetStream,
+    collate,
+    count_tar_samples,
+    indexed_loader,
+    load_records,
+    webdataset_loader,
+)
 from kontrast.errors import KontrastError
 
 torch.set_num_threads(1)

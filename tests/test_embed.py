@@ -204,7 +204,7 @@ def test_dataloader_workers_and_resume_checks(shards, reference, loaded, tmp_pat
 def test_csv_source_with_text_bad_rows_and_csv_metadata(data_dir, loaded, tmp_path, monkeypatch):
     import csv
 
-    import kontrast.data.sources as sources
+    from kontrast.data import sources
 
     model, preprocess, tokenizer = loaded
     monkeypatch.setattr(sources, "FOLDER_CHUNK", 8)

@@ -206,6 +206,6 @@ def test_streamed_shards_resume_exactly_through_the_trainer(tmp_path: Path, data
     (tmp_path / "b" / "run" / "checkpoints" / "step_00000004.pt").unlink()
     assert ckpt.is_file()
     Trainer(tiny_cfg(tmp_path / "b", data_dir, **kw), resume=str(ckpt)).run()
-    read = lambda run: [json.loads(line)["loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    read = lambda run: [json.loads(line)["loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(read(tmp_path / "b")) == 4
     assert read(tmp_path / "a") == pytest.approx(read(tmp_path / "b"), abs=1e-6)

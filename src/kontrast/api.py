@@ -8,10 +8,11 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -83,7 +83,7 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Read kontrast's or open_clip's config layout (``model_cfg`` wrapper accepted)."""
         d = dict(d.get("model_cfg", d))
         vd = dict(d.pop("vision_cfg", {}) or {})

@@ -6,8 +6,8 @@ padded with the encoder's pad id and truncated to the context length.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

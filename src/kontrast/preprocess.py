@@ -30,7 +30,8 @@ import io
 import math
 import os
 import warnings
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Union
 
 import numpy as np
 import torch

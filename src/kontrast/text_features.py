@@ -9,7 +9,7 @@ caption still counts. A text that fits gives the same embedding with either poli
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -23,9 +23,10 @@ import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +36,17 @@ from .errors import KontrastError
 from .text_features import LONG_TEXT_MODES, LongTextWarning, encode_texts
 
 __all__ = [
-    "TEMPLATE_SETS", "load_templates", "build_classifier", "classify", "top_k", "ZeroShotClassifier",
-    "encode_texts", "LongTextWarning", "LONG_TEXT_MODES", "default_cache_dir", "clear_memory_cache",
+    "LONG_TEXT_MODES",
+    "TEMPLATE_SETS",
+    "LongTextWarning",
+    "ZeroShotClassifier",
+    "build_classifier",
+    "classify",
+    "clear_memory_cache",
+    "default_cache_dir",
+    "encode_texts",
+    "load_templates",
+    "top_k",
 ]
 
 log = logging.getLogger(__name__)

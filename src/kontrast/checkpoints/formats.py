@@ -138,7 +138,7 @@ def _read_hf(p: Path) -> Checkpoint:
 def _read_jit(p: Path) -> Checkpoint:
     try:
         module = torch.jit.load(str(p), map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any TorchScript failure is a bad file for the user
+    except Exception as exc:
         raise CheckpointError(f"{p}: cannot read TorchScript archive ({type(exc).__name__}: {exc})".split("\n")[0]) from exc
     sd = {k: v.detach().clone() for k, v in module.state_dict().items() if k not in JIT_EXTRA_KEYS}
     return Checkpoint(_to_float32(sd), None, "openai_jit", p)
@@ -151,7 +151,7 @@ def _read_state_dict(p: Path) -> Checkpoint:
     else:
         try:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CheckpointError(
                 f"{p}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
             ) from exc
@@ -173,7 +173,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
 

@@ -406,8 +406,7 @@ def resolve_hf_hub(
     ``pytorch_model.bin``. Raises ``OfflineError`` when nothing usable is cached and the hub is unreachable.
     """
     repo_id = repo_id.strip()
-    if repo_id.startswith("hf-hub:"):
-        repo_id = repo_id[len("hf-hub:"):]
+    repo_id = repo_id.removeprefix("hf-hub:")
     repo_id = repo_id.strip("/")
     if repo_id.count("/") != 1:
         raise UnknownModelError(f"invalid Hugging Face hub name {repo_id!r}: expected hf-hub:owner/repository")

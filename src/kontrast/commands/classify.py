@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .common import add_model_args, load_model
 

@@ -19,12 +19,10 @@ the indexed reader replaces one by another deterministic pick, so batch shapes s
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
 
 import torch
 

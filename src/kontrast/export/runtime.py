@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import KontrastError
+from ..models.clip import CLIP
 from .onnx_export import MANIFEST, export_onnx, read_manifest
 
 log = logging.getLogger(__name__)
@@ -139,18 +140,9 @@ class OnnxCLIP(nn.Module):
         features = self.text_tower(ids)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def get_logits(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits_per_image [N, M], logits_per_text [M, N])`` scaled by ``exp(logit_scale)``."""
-        logits = self.logit_scale.exp() * self.encode_image(images, normalize=True) @ self.encode_text(ids, normalize=True).T
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias
-        return logits, logits.T
-
-    def forward(self, images: torch.Tensor | None = None, ids: torch.Tensor | None = None):
-        """``(image_features, text_features, logit_scale.exp())`` with normalised features (open_clip)."""
-        image_features = self.encode_image(images, normalize=True) if images is not None else None
-        text_features = self.encode_text(ids, normalize=True) if ids is not None else None
-        return image_features, text_features, self.logit_scale.exp()
+    # The same logits and open_clip triple as the PyTorch model: they only use encode_* and the temperature.
+    get_logits = CLIP.get_logits
+    forward = CLIP.forward
 
 
 def ensure_precision(folder: Path, manifest: dict[str, Any], precision: str) -> dict[str, Path]:

@@ -6,6 +6,12 @@ from .resnet import ModifiedResNet
 from .vit import VisionTransformer, interpolate_pos_embed
 
 __all__ = [
-    "CLIP", "build_visual", "QuickGELU", "ResidualAttentionBlock", "Transformer", "ModifiedResNet",
-    "VisionTransformer", "interpolate_pos_embed",
+    "CLIP",
+    "ModifiedResNet",
+    "QuickGELU",
+    "ResidualAttentionBlock",
+    "Transformer",
+    "VisionTransformer",
+    "build_visual",
+    "interpolate_pos_embed",
 ]

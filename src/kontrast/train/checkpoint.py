@@ -72,5 +72,5 @@ def resolve_resume(resume: str, run_dir: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise KontrastError(f"cannot read checkpoint {path}: {exc}") from exc

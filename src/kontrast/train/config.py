@@ -73,7 +73,7 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         cfg = cls()
         apply_overrides(cfg, d)
         return cfg
@@ -158,7 +158,7 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
             import yaml
 
             data = yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - YAML and JSON errors alike
+    except Exception as exc:
         raise KontrastError(f"{p}: not a valid recipe ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
         raise KontrastError(f"{p}: a recipe must be a mapping of field: value")

@@ -8,7 +8,7 @@ each step; for kontrast's own text transformer the cache holds the final text fe
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
