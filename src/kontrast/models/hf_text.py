@@ -48,7 +48,7 @@ class HFTextEncoder(nn.Module):
             raise KontrastError("a Hugging Face text tower needs transformers: pip install transformers") from exc
         folder = resolve_hf_folder(model_name)
         if pretrained:
-            self.transformer = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            self.transformer = _quiet_from_pretrained(AutoModel, folder)
         else:
             self.transformer = AutoModel.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
         use_fused_linears(self.transformer)  # oneDNN linears at CPU inference (~1.4x on this project's CPUs)
@@ -81,3 +81,16 @@ class HFTextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.pooled(ids))
+
+
+def _quiet_from_pretrained(auto_cls, folder: Path):
+    """Load local weights without transformers' own progress bar (library code draws nothing)."""
+    from transformers.utils import logging as hf_logging
+
+    was_disabled = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()
+    try:
+        return auto_cls.from_pretrained(str(folder), local_files_only=True)
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
