@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import tarfile
 
 import numpy as np
 import onnx
@@ -17,23 +16,6 @@ from kontrast.cli import main
 from kontrast.errors import KontrastError
 from kontrast.export.onnx_export import IMAGE_FILE, MANIFEST, TEXT_FILE, export_onnx, verify_onnx
 from kontrast.export.runtime import OnnxCLIP
-
-
-def real_samples(data_dir, n: int) -> tuple[list[bytes], list[str]]:
-    """The first ``n`` PNGs and captions of an emoji shard (real images, real captions)."""
-    images: dict[str, bytes] = {}
-    captions: dict[str, str] = {}
-    with tarfile.open(data_dir / "emoji" / "emoji-google-val_concepts-000000.tar") as tar:
-        for member in tar:
-            key, _, ext = member.name.rpartition(".")
-            if ext == "png":
-                images[key] = tar.extractfile(member).read()
-            elif ext == "txt":
-                captions[key] = tar.extractfile(member).read().decode()
-            if len(images) >= n and len(captions) >= n:
-                break
-    keys = [k for k in images if k in captions][:n]
-    return [images[k] for k in keys], [captions[k] for k in keys]
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +35,9 @@ def private_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def real(vit, data_dir):
+def real(vit, emoji_samples):
     _, preprocess, tokenizer = vit
-    images, captions = real_samples(data_dir, 16)
+    images, captions = emoji_samples(16)
     return torch.stack([preprocess(b) for b in images]), tokenizer(captions)
 
 

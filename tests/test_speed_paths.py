@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,8 @@ import torch.nn.functional as F
 import kontrast
 from kontrast.models.layers import _onednn_ok
 
-EMOJI_SHARD = "emoji/emoji-google-val_concepts-000000.tar"
 # torch.backends.mkldnn.flags() warns about TF32 on Intel GPUs when it restores its settings
 pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration")
-
-
-def real_samples(data_dir, n: int = 24) -> tuple[list[bytes], list[str]]:
-    """The first ``n`` PNGs and captions of an emoji shard (real images, real captions)."""
-    images: dict[str, bytes] = {}
-    captions: dict[str, str] = {}
-    with tarfile.open(data_dir / EMOJI_SHARD) as tar:
-        for member in tar:
-            key, _, ext = member.name.rpartition(".")
-            if ext in ("png", "txt"):
-                data = tar.extractfile(member).read()
-                (images if ext == "png" else captions)[key] = data if ext == "png" else data.decode()
-            if len(images) >= n and len(captions) >= n:
-                break
-    keys = [k for k in images if k in captions][:n]
-    return [images[k] for k in keys], [captions[k] for k in keys]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +26,9 @@ def vit(fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def batch(vit, data_dir):
+def batch(vit, emoji_samples):
     _, preprocess, tokenizer = vit
-    images, captions = real_samples(data_dir)
+    images, captions = emoji_samples(24)
     return torch.stack([preprocess(b) for b in images]), tokenizer(captions)
 
 
@@ -200,13 +182,13 @@ def hf_text_model():
     return model, kontrast.get_tokenizer(model)
 
 
-def test_hf_text_tower_padding_cut_is_exact(hf_text_model, data_dir):
+def test_hf_text_tower_padding_cut_is_exact(hf_text_model, emoji_samples):
     """Trailing padding columns are dropped before the encoder; the features equal the full-length ones."""
     from kontrast.models.layers import FusedLinear
 
     model, tokenizer = hf_text_model
     assert any(type(m) is FusedLinear for m in model.text.transformer.modules())
-    _, captions = real_samples(data_dir, 16)
+    _, captions = emoji_samples(16)
     ids = tokenizer(captions + [""])
     text = model.text
     with torch.no_grad():
