@@ -211,12 +211,23 @@ def _finish(model: CLIP, precision: str, device, preprocess_cfg: dict[str, Any] 
         if model.logit_bias is not None:
             model.logit_bias.data = model.logit_bias.data.float()
     model.precision = precision
+    _log_inference_path(model)
     mean, std = model.config.vision.mean, model.config.vision.std
     if preprocess_cfg:
         mean = tuple(preprocess_cfg.get("mean", mean))
         std = tuple(preprocess_cfg.get("std", std))
     preprocess = Preprocess(model.image_size, mean=mean, std=std)
     return model, preprocess, get_tokenizer(model)
+
+
+def _log_inference_path(model: CLIP) -> None:
+    """One log line saying which kernels the model runs on (a warning where bf16 is not native)."""
+    if next(model.parameters()).device.type != "cpu":
+        return
+    from .cpu import inference_path, native_bf16
+
+    slow = model.dtype == torch.bfloat16 and not native_bf16()
+    (log.warning if slow else log.info)("inference path: %s", inference_path(model.dtype))
 
 
 def get_tokenizer(model: CLIP) -> Callable:

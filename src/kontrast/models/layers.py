@@ -10,7 +10,9 @@ Inference fast path (CPU, no autograd, no autocast): linear layers call oneDNN d
 multiply. On this project's CPUs oneDNN's fp32 GEMM runs about 2x MKL's (which ``F.linear`` uses), and
 the fusions save a pass over the activations. Everything else (training, autocast, GPUs, swapped-in
 modules such as quantised linears) takes the plain ``F.linear`` path; both give the same numbers to
-float rounding.
+float rounding. What the CPU's oneDNN can run is asked, not assumed (``kontrast.cpu.onednn_runs``): where
+it has no bf16 kernels (a CPU without AVX512_BF16/AMX, or ``ONEDNN_MAX_CPU_ISA=AVX2``) bf16 tensors are
+multiplied in float32 instead of crashing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from ..cpu import onednn_runs
 
 
 class QuickGELU(nn.Module):
@@ -37,9 +41,15 @@ def tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or (onnx is not None and onnx.is_in_onnx_export())
 
 
-def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether oneDNN may be called directly: CPU fp32/bf16 inference without autograd or autocast."""
-    return (
+def onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which oneDNN computes ``x @ weight.T`` directly, or ``None`` for the plain PyTorch path.
+
+    CPU fp32/bf16 inference only (no autograd, no autocast, no tracing). ``x.dtype`` where this oneDNN runs
+    it; ``float32`` for bf16 tensors on a CPU whose oneDNN has no bf16 kernels (it refuses them at run time,
+    see ``kontrast.cpu.onednn_runs``): there fp32 products are both correct and ~10x faster than PyTorch's
+    emulated bf16.
+    """
+    if not (
         x.device.type == "cpu"
         and x.dtype == weight.dtype
         and x.dtype in (torch.float32, torch.bfloat16)
@@ -47,9 +57,17 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and not tracing()
-    )
+    ):
+        return None
+    if onednn_runs(x.dtype):
+        return x.dtype
+    return torch.float32 if onednn_runs(torch.float32) else None
+
+
+def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``linear_params`` takes the oneDNN path for these tensors (see ``onednn_dtype``)."""
+    return onednn_dtype(x, weight) is not None
 
 
 def linear_params(
@@ -64,11 +82,16 @@ def linear_params(
     On the oneDNN path an exact or tanh GELU and the residual add run inside the GEMM's epilogue and a
     QuickGELU runs in place; elsewhere this is ``F.linear`` followed by plain PyTorch ops.
     """
-    if not _onednn_ok(x, weight):
+    compute = onednn_dtype(x, weight)
+    if compute is None:
         out = F.linear(x, weight, bias)
         if act is not None:
             out = act(out)
         return out if residual is None else residual + out
+    if compute != x.dtype:  # bf16 without bf16 kernels: float32 products, result rounded back to bf16
+        out = linear_params(x.to(compute), weight.to(compute), None if bias is None else bias.to(compute), act,
+                            None if residual is None else residual.to(compute))
+        return out.to(x.dtype)
     op = torch.ops.mkldnn._linear_pointwise
     if bias is not None and bias.dtype != weight.dtype:
         bias = bias.to(weight.dtype)
