@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import struct
 import tarfile
 import zlib
@@ -59,7 +60,7 @@ def env(tmp_path_factory, data_dir, fixtures_dir):
     folder, rows = build_small_index(root, data_dir / "emoji_sample", model_path)
     searcher = Searcher.open(str(folder))
     app = create_app(searcher, max_upload_bytes=LIMIT)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield {"client": client, "searcher": searcher, "root": root, "rows": rows, "app": app}
 
 
@@ -94,7 +95,7 @@ def test_search_text(env):
     body = c.get("/search", params={"q": "an emoji of a flag", "k": 5}).json()
     res = body["results"]
     assert [r["rank"] for r in res] == [1, 2, 3, 4, 5]
-    assert all(a["score"] >= b["score"] for a, b in zip(res, res[1:]))
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(res))
     assert res[0]["thumb"] == f"/thumb/{res[0]['id']}" and {"path", "width", "height", "caption"} <= set(res[0])
     direct = searcher.search(text="an emoji of a flag", k=5)
     assert [r["id"] for r in res] == [r.id for r in direct]

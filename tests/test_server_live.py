@@ -28,11 +28,13 @@ def live_server(app):
     """Serve ``app`` with uvicorn on 127.0.0.1 and a free port (socket bound here, so no race); yields the URL."""
     import uvicorn
 
+    from kontrast.search.server import uvicorn_config
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn_config(app, lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -131,13 +133,18 @@ def test_serve_binds_loopback_by_default():
 
 
 def test_serve_cli_starts(tmp_path, server, monkeypatch):
-    """``kontrast serve`` wires the index into uvicorn (uvicorn.run replaced: no second server)."""
+    """``kontrast serve`` binds the port, then wires the index into uvicorn (Server.run replaced: no second server)."""
     import uvicorn
 
     from kontrast.cli import main
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+
+    def fake_run(self, sockets=None):
+        seen.update(config=self.config, address=sockets[0].getsockname())
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     folder = Path(server["searcher"].index.folder)
-    assert main(["serve", str(folder), "--port", "8765", "--max-upload-mb", "1"]) == 0
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 8765
+    assert main(["serve", str(folder), "--port", "0", "--max-upload-mb", "1"]) == 0
+    assert seen["address"][0] == "127.0.0.1" and seen["address"][1] > 0
+    assert seen["config"].h11_max_incomplete_event_size >= 2 * 1024 * 1024

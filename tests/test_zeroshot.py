@@ -57,7 +57,7 @@ def test_template_file_list_and_errors(tmp_path):
     assert zs.load_templates(str(f)) == ["a {} on a table.", "{} {{braces}} kept"]
     assert zs.load_templates(["x {}", "{} y"]) == ["x {}", "{} y"]
     assert zs.load_templates("a sketch of {}") == ["a sketch of {}"]
-    assert zs._fill("{} {{braces}} kept", "owl") == "owl {{braces}} kept"
+    assert zs.fill_template("{} {{braces}} kept", "owl") == "owl {{braces}} kept"
     bad = tmp_path / "bad.txt"
     bad.write_text("a photo of a {}.\na photo without a slot\n")
     with pytest.raises(KontrastError, match="a photo without a slot"):

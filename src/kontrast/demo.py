@@ -204,8 +204,9 @@ def search(model, tokenizer, img: torch.Tensor, samples: Sequence[SampleImage],
            queries: Sequence[tuple[str, Sequence[str]]] = QUERIES, k: int = TOP_K_SEARCH) -> list[SearchResult]:
     """Rank the sample by cosine similarity to each query (a small prompt ensemble of the query as typed)."""
     from .text_features import encode_texts
+    from .zeroshot import fill_template
 
-    prompts = [t.format(q) for q, _ in queries for t in QUERY_TEMPLATES]
+    prompts = [fill_template(t, q) for q, _ in queries for t in QUERY_TEMPLATES]
     emb = encode_texts(model, tokenizer, prompts).float()  # [Q*T, E], unit rows
     emb = emb.reshape(len(queries), len(QUERY_TEMPLATES), -1)  # [Q*T, E] -> [Q, T, E]
     q_emb = torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)  # [Q, E]

@@ -45,6 +45,7 @@ __all__ = [
     "clear_memory_cache",
     "default_cache_dir",
     "encode_texts",
+    "fill_template",
     "load_templates",
     "top_k",
 ]
@@ -103,8 +104,10 @@ def load_templates(spec: str | os.PathLike | Sequence[str] | None = "imagenet") 
     return templates
 
 
-def _fill(template: str, name: str) -> str:
-    return template.replace("{}", name)  # not str.format: other braces in a template stay as they are
+def fill_template(template: str, name: str) -> str:
+    """``template`` with every ``{}`` replaced by ``name``. Templates are data: no ``str.format`` (which would
+    interpret ``{0.__class__}`` or ``{:>10000000}``); every other brace stays as it is."""
+    return template.replace("{}", name)
 
 
 # ---- classifier -------------------------------------------------------------------------------------
@@ -188,7 +191,7 @@ def build_classifier(
                 _remember(key, weights)
                 return weights.clone().to(device)
 
-    prompts = [_fill(t, name) for name in classnames for t in templates]  # class-major: [C * T]
+    prompts = [fill_template(t, name) for name in classnames for t in templates]  # class-major: [C * T]
     emb = encode_texts(model, tokenizer, prompts, long_text=long_text, batch_size=batch_size, progress=progress)
     emb = emb.reshape(len(classnames), len(templates), -1)  # [C*T, D] -> [C, T, D]
     weights = F.normalize(emb.mean(dim=1), dim=-1)  # [C, D]

@@ -1,21 +1,45 @@
-"""``kontrast serve INDEX``: the search HTTP API and web page (FastAPI + uvicorn), on loopback by default."""
+"""``kontrast serve INDEX``: the search HTTP API and web page (FastAPI + uvicorn), on loopback by default.
+
+Flags are checked and the port is bound BEFORE the model is loaded, so a bad port, a port in use or a
+missing token fails in one line at once. Anything not on loopback needs an access token
+(``--auth-token`` or ``$KONTRAST_AUTH_TOKEN``); the Host header is checked against the bound address
+(``--allowed-host`` adds names). See the README's "Security" section.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
+import os
+import re
+import socket
 
 from .common import add_model_args
+
+TOKEN_ENV = "KONTRAST_AUTH_TOKEN"
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve a search index over HTTP (API + web page)",
                               description="HTTP API (/search, /classify, /embed, /thumb/{id}, /health, /docs) and a "
-                              "web page at /. Binds 127.0.0.1 unless --host says otherwise. "
-                              "--model defaults to the model recorded in the index.")
+                              "web page at /. Binds 127.0.0.1 unless --host says otherwise; any other address needs "
+                              f"an access token (--auth-token or ${TOKEN_ENV}). --model defaults to the model "
+                              "recorded in the index.")
     p.add_argument("index", metavar="INDEX", help="index folder built by 'kontrast index'")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--auth-token", default=None, metavar="TOKEN",
+                   help=f"require this token on every request (default: ${TOKEN_ENV}; needed off loopback). "
+                   "Prefer the environment variable: command lines are visible to other users")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' turns the check off)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body (413 above)")
+    p.add_argument("--max-decodes", type=int, default=2, help="uploaded images decoded at once (others wait)")
+    p.add_argument("--max-image-pixels", type=int, default=25_000_000,
+                   help="largest decoded upload in pixels (JPEGs above are decoded at reduced scale; others: 400)")
+    p.add_argument("--max-connections", type=int, default=128, help="concurrent connections (503 above)")
     p.add_argument("--no-model-lock", action="store_true",
                    help="let concurrent requests run the model in parallel threads (default: one at a time)")
     p.add_argument("--faiss-threads", type=int, default=1,
@@ -25,21 +49,112 @@ def register(subparsers) -> None:
     p.set_defaults(model=None, func=run)
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def resolve_access(host: str, token: str | None, extra_hosts: list[str]) -> tuple[str | None, tuple[str, ...] | None]:
+    """``(token, allowed Host names or None for any)`` for binding ``host``; ``KontrastError`` if unsafe."""
+    from ..errors import KontrastError
+    from ..search.guard import LOOPBACK_NAMES
+
+    token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+    if token is not None and not _TOKEN_RE.match(token):
+        raise KontrastError("the access token must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -; make one "
+                            "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if not is_loopback(host) and token is None:
+        raise KontrastError(f"--host {host} is reachable from other machines: set an access token with "
+                            f"{TOKEN_ENV}=... (or --auth-token), or keep the default --host 127.0.0.1")
+    if "*" in extra_hosts:
+        return token, None
+    if is_loopback(host):
+        allowed: tuple[str, ...] | None = (*LOOPBACK_NAMES, host)
+    elif _is_wildcard(host):
+        allowed = (*LOOPBACK_NAMES, *extra_hosts) if extra_hosts else None  # every address: the token guards it
+    else:
+        allowed = (*LOOPBACK_NAMES, host)
+    if allowed is not None:
+        allowed = tuple(dict.fromkeys((*allowed, *extra_hosts)))
+    return token, allowed
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; ``KontrastError`` (one line) when that is impossible."""
+    from ..errors import KontrastError
+
+    if not 0 <= port <= 65535:
+        raise KontrastError(f"--port {port} is not a TCP port; use 1..65535 (e.g. --port 8000)")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise KontrastError(f"--host {host}: cannot resolve it ({exc.strerror}); give an address such as 127.0.0.1") \
+            from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        why = {errno.EADDRINUSE: "is already in use (another server?); pick another with --port",
+               errno.EACCES: "needs privileges (ports below 1024); pick one above 1024 with --port",
+               errno.EADDRNOTAVAIL: "is not an address of this machine; check --host",
+               }.get(exc.errno, exc.strerror or str(exc))
+        raise KontrastError(f"cannot listen on {host}:{port}: it {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..errors import KontrastError
+
+    for flag, value, low in (("--max-decodes", args.max_decodes, 1), ("--max-image-pixels", args.max_image_pixels, 1),
+                             ("--max-connections", args.max_connections, 1), ("--faiss-threads", args.faiss_threads, 1)):
+        if value < low:
+            raise KontrastError(f"{flag} {value}: give a number >= {low}")
+    if args.max_upload_mb <= 0:
+        raise KontrastError(f"--max-upload-mb {args.max_upload_mb}: give a positive number")
+    token, allowed = resolve_access(args.host, args.auth_token, args.allowed_host)
+    sock = bind(args.host, args.port)  # before the model loads: a wrong port fails at once
+    try:
+        return _serve(args, sock, token, allowed)
+    finally:
+        sock.close()
+
+
+def _serve(args: argparse.Namespace, sock: socket.socket, token: str | None, allowed: tuple[str, ...] | None) -> int:
     import faiss
     import uvicorn
 
     from ..search.query import Searcher
-    from ..search.server import create_app
+    from ..search.server import ServerOptions, create_app, uvicorn_config
 
     faiss.omp_set_num_threads(max(1, args.faiss_threads))
     searcher = Searcher.open(args.index, model=args.model, pretrained=args.pretrained, device=args.device,
                              precision=args.precision, backend=getattr(args, "backend", "torch"),
                              lock=not args.no_model_lock)
-    app = create_app(searcher, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"kontrast serve: warning: listening on {args.host}: anyone who can reach it can search the index "
-              "and read the indexed images")
-    print(f"kontrast serve: http://{args.host}:{args.port}/  (API docs at /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    options = ServerOptions(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=allowed,
+                            auth_token=token, max_decodes=args.max_decodes, max_image_pixels=args.max_image_pixels)
+    app = create_app(searcher, options)
+    port = sock.getsockname()[1]
+    shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+    if not is_loopback(args.host):
+        print(f"kontrast serve: listening on {args.host}: requests need the access token "
+              f"('Authorization: Bearer TOKEN', or open http://{shown}:{port}/?token=TOKEN once)")
+    print(f"kontrast serve: http://{shown}:{port}/  (API docs at /docs)", flush=True)
+    server = uvicorn.Server(uvicorn_config(app, max_connections=args.max_connections))
+    server.run(sockets=[sock])
     return 0

@@ -24,10 +24,12 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -60,8 +62,14 @@ class SearchIndex:
         self.folder = Path(folder)
         self.store = Store(self.folder, readonly=readonly)
         self.readonly = readonly
-        self._anns: dict[str, LoadedAnn | None] = {}
+        self._anns: dict[str, LoadedAnn | None] = {}  # replaced as a whole when a new generation is loaded
         self._load_lock = threading.Lock()  # server threads: load each FAISS index once
+        self._served: int | None = None  # database generation the loaded FAISS indexes reflect (at least)
+        self._poll: float | None = None  # follow(): seconds between generation checks
+        self._checked = 0.0
+        self._reloading = False
+        self._fingerprint: str | None = None  # model of the index when follow() started
+        self.reloads = 0  # generations switched to by follow() (for /health and tests)
 
     @classmethod
     def create(cls, folder: str | os.PathLike, model_spec: str, model_fingerprint: str, embed_dim: int,
@@ -103,9 +111,11 @@ class SearchIndex:
         """Counts, generation and index parameters, for ``/health`` and the CLI."""
         out: dict[str, Any] = {"items": self.store.count(), "images": self.store.count("image_vec"),
                                "captions": self.store.count("text_vec"), "generation": self.store.generation(),
+                               "serving_generation": self._served,
                                "model_fingerprint": self.model_fingerprint, "model": self.model_spec, "dim": self.dim}
+        anns = self._anns
         for name in COLUMNS:
-            loaded = self._anns.get(name)
+            loaded = anns.get(name)
             if loaded is not None:
                 out[f"{name}_index"] = loaded.params.to_dict()
         return out
@@ -124,11 +134,64 @@ class SearchIndex:
 
     def ann(self, name: str) -> LoadedAnn | None:
         """The FAISS index of column ``name`` ("image" or "caption"), up to date; None when it has no vectors."""
-        if name not in self._anns:
+        if self._poll is not None:
+            self._maybe_reload()
+        anns = self._anns
+        if name not in anns:
             with self._load_lock:
-                if name not in self._anns:
-                    self._anns[name] = self._load(name)
-        return self._anns[name]
+                anns = self._anns
+                if name not in anns:
+                    if self._served is None:
+                        self._served = self.store.generation()
+                    anns[name] = self._load(name)
+        return anns[name]
+
+    # ------------------------------------------------------------------------------ following updates
+    def follow(self, poll_seconds: float = 1.0) -> None:
+        """Keep up with a writer in another process (the server does this; read-only indexes only).
+
+        At most every ``poll_seconds`` a search checks the database's generation (one small query). When it
+        is newer than the loaded FAISS indexes, a background thread loads the new generation (the newest
+        FAISS files, caught up from the database) while searches go on with the old one, then swaps all
+        columns in at once: a search sees either the old or the new generation, and none waits for the load.
+        """
+        if not self.readonly:
+            raise RuntimeError("follow() is for read-only indexes; the writer knows its own changes")
+        self._poll = max(0.0, float(poll_seconds))
+        self._fingerprint = self.model_fingerprint
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self._poll or self._reloading:
+            return
+        with self._load_lock:
+            if now - self._checked < self._poll or self._reloading:
+                return
+            self._checked = now
+            if self._served is not None and self.store.generation() <= self._served:
+                return
+            self._reloading = True
+        threading.Thread(target=self._reload, name="kontrast-index-reload", daemon=True).start()
+
+    def _reload(self) -> None:
+        """Load every column at the database's current generation and swap them in (runs in a thread)."""
+        try:
+            gen = self.store.generation()
+            if self.model_fingerprint != self._fingerprint:
+                logger.error("%s: the index was rebuilt with another model (%s); still serving generation %s: "
+                             "restart the server", self.folder, self.model_fingerprint, self._served)
+                self._served = gen
+                return
+            fresh = {name: self._load(name) for name in COLUMNS}
+            with self._load_lock:
+                self._anns, self._served = fresh, gen
+                self.reloads += 1
+            logger.info("%s: now serving generation %d", self.folder, gen)
+        except (sqlite3.Error, OSError, RuntimeError, ValueError, KontrastError) as exc:
+            logger.warning("%s: cannot load the new index generation yet (%s); serving the previous one", self.folder, exc)
+        finally:
+            self.store.close()  # this thread's connection
+            self._reloading = False
 
     def _load(self, name: str) -> LoadedAnn | None:
         for _attempt in range(5):  # a writer may delete the file we picked; pick again
@@ -260,7 +323,7 @@ class WriteLock:
         self.path = Path(folder) / ".lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> WriteLock:
+    def __enter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

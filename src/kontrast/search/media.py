@@ -7,6 +7,7 @@ replaced after indexing (or a symlink re-pointed elsewhere) is refused instead o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tarfile
@@ -17,6 +18,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from ..errors import ImageError, KontrastError
+from .decode import DecodeGate
 
 THUMB_SIZES = (64, 128, 256, 512)
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp",
@@ -97,9 +99,16 @@ class _ShardMembers:
 class MediaReader:
     """Original bytes and thumbnails of indexed rows (a row is a dict from ``Store.rows``)."""
 
-    def __init__(self, cache_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, cache_bytes: int = 64 * 1024 * 1024, gate: DecodeGate | None = None,
+                 index_folder: str = "INDEX") -> None:
         self.thumbs = LRUBytes(cache_bytes)
         self._shards = _ShardMembers()
+        self.gate = gate  # bounds concurrent thumbnail decodes (not their size: these are the indexed files)
+        self.index_folder = index_folder
+
+    def _reindex_hint(self, row: dict[str, Any]) -> str:
+        where = row["path"].rsplit(":", 1)[0] if row["kind"] == "webdataset" else row["origin"]
+        return f"re-run: kontrast index {where} --index {self.index_folder}"
 
     def original(self, row: dict[str, Any]) -> tuple[bytes, str]:
         """``(bytes, media type)`` of the indexed image; ``StaleItemError`` when gone or changed."""
@@ -112,14 +121,15 @@ class MediaReader:
                 with open(path, "rb") as f:
                     data = f.read()
         except (OSError, tarfile.TarError) as exc:
-            raise StaleItemError(f"item {row['id']} is no longer readable ({type(exc).__name__}); re-run kontrast index") \
-                from None
+            raise StaleItemError(f"item {row['id']} is no longer readable ({type(exc).__name__}); "
+                                 f"{self._reindex_hint(row)}") from None
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
-            raise StaleItemError(f"item {row['id']} changed since it was indexed; re-run kontrast index")
+            raise StaleItemError(f"item {row['id']} changed since it was indexed; {self._reindex_hint(row)}")
         try:
             fmt = Image.open(io.BytesIO(data)).format
-        except Exception:  # noqa: BLE001 - indexed files decoded once; treat failure as stale
-            raise StaleItemError(f"item {row['id']} is not a readable image any more") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise StaleItemError(f"item {row['id']} is not a readable image any more; {self._reindex_hint(row)}") \
+                from None
         return data, MEDIA_TYPES.get(fmt or "", "application/octet-stream")
 
     def thumbnail(self, row: dict[str, Any], size: int = 256) -> tuple[bytes, str]:
@@ -133,15 +143,16 @@ class MediaReader:
         if hit is not None:
             return hit
         data, _ = self.original(row)
-        try:
-            img = load_image(data, decode=False)
-            if img.format == "JPEG":
-                img.draft("RGB", (size * 2, size * 2))  # decode large JPEGs at 1/2..1/8 scale: much faster
-            img = load_image(img)  # decodes now (size limit and truncation checks)
-        except ImageError as exc:
-            raise StaleItemError(str(exc)) from None
-        img = ImageOps.exif_transpose(img)
-        img.thumbnail((size, size), Image.BICUBIC)
+        with self.gate.slot() if self.gate is not None else contextlib.nullcontext():
+            try:
+                img = load_image(data, decode=False)
+                if img.format == "JPEG":
+                    img.draft("RGB", (size * 2, size * 2))  # decode large JPEGs at 1/2..1/8 scale: much faster
+                img = load_image(img)  # decodes now (size limit and truncation checks)
+            except ImageError as exc:
+                raise StaleItemError(str(exc)) from None
+            img = ImageOps.exif_transpose(img)
+            img.thumbnail((size, size), Image.BICUBIC)
         out = io.BytesIO()
         transparent = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
         if transparent:

@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import KontrastError
+from .decode import DecodeGate
 from .index import SearchIndex
 
 
@@ -49,11 +51,12 @@ class Searcher:
     """One model and one index; thread-safe (model calls are serialised by a lock, FAISS reads are shared)."""
 
     def __init__(self, index: SearchIndex, model: torch.nn.Module, preprocess: Callable, tokenizer: Callable,
-                 spec: str, lock: bool = True) -> None:
+                 spec: str, lock: bool = True, gate: DecodeGate | None = None) -> None:
         from ..api import fingerprint
 
         index.check_model(fingerprint(model), spec)
         self.index, self.model, self.preprocess, self.tokenizer = index, model, preprocess, tokenizer
+        self.gate = gate  # bounds concurrent decodes and pixels (the server sets one; see decode.py)
         self.model.eval()
         self._lock = threading.Lock() if lock else None
         self._device = next(model.parameters()).device
@@ -83,24 +86,42 @@ class Searcher:
             out = self.model.encode_text(ids.to(self._device), normalize=True)
         return out.float().cpu().numpy()
 
-    def encode_image(self, image: Any) -> np.ndarray:
-        """Normalised embedding [D] of one image (path, bytes or PIL image); ``ImageError`` if unreadable."""
+    def pixels(self, image: Any, name: str = "upload") -> torch.Tensor:
+        """Preprocessed ``[3, H, W]`` pixels of one image (path, bytes, binary file or PIL image).
+
+        With a ``gate``, bytes and files are read and decoded inside one of its slots, under its pixel cap.
+        """
         from ..preprocess import load_image
 
-        pixels = self.preprocess(load_image(image))
+        if self.gate is None or isinstance(image, Image.Image):
+            if hasattr(image, "read"):
+                image.seek(0)
+                image = image.read()
+            return self.preprocess(load_image(image))
+        with self.gate.slot():
+            img = self.gate.open(image, name)
+            try:
+                return self.preprocess(img)
+            finally:
+                img.close()
+
+    def encode_image(self, image: Any, name: str = "upload") -> np.ndarray:
+        """Normalised embedding [D] of one image (path, bytes, binary file or PIL image); ``ImageError`` if unreadable."""
+        pixels = self.pixels(image, name)
         x = pixels.unsqueeze(0).to(device=self._device, dtype=self._dtype)  # [3, H, W] -> [1, 3, H, W]
         with self._model_lock(), torch.inference_mode():
             out = self.model.encode_image(x, normalize=True)
         return out.float().cpu().numpy()[0]
 
-    def query_vector(self, text: str | None = None, image: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def query_vector(self, text: str | None = None, image: Any = None,
+                     name: str = "upload") -> tuple[np.ndarray, np.ndarray | None]:
         """``(query [D], text embedding [D] or None)``: the normalised mean of the given parts."""
         parts, text_vec = [], None
         if text:
             text_vec = self.encode_text([text])[0]
             parts.append(text_vec)
         if image is not None:
-            parts.append(self.encode_image(image))
+            parts.append(self.encode_image(image, name))
         if not parts:
             raise KontrastError("nothing to search for: give a text query and/or an image (--image FILE)")
         q = np.mean(parts, axis=0)
@@ -108,14 +129,14 @@ class Searcher:
 
     # --------------------------------------------------------------------------------------- search
     def search(self, text: str | None = None, image: Any = None, k: int = 20, exclude: Sequence[str] = (),
-               exclude_threshold: float | None = None, captions: bool = False) -> list[SearchResult]:
+               exclude_threshold: float | None = None, captions: bool = False, name: str = "upload") -> list[SearchResult]:
         """Top ``k`` results, best first (see the module docstring for ``exclude`` and ``captions``)."""
         if k < 1:
             raise KontrastError(f"--top-k {k} must be >= 1")
         exclude = [e for e in exclude if e]
         if exclude and exclude_threshold is None and not text:
             raise KontrastError("--exclude with an image-only query needs --exclude-threshold T (e.g. 0.25)")
-        query, text_vec = self.query_vector(text, image)
+        query, text_vec = self.query_vector(text, image, name)
         ex_vecs = self.encode_text(exclude) if exclude else None
         name = "caption" if captions else "image"
         loaded = self.index.ann(name)
@@ -165,19 +186,35 @@ class Searcher:
         return kept
 
     # ----------------------------------------------------------------------------------- zero-shot
-    def classify(self, image: Any, labels: Sequence[str], template: str = "a photo of a {}.") -> list[dict[str, Any]]:
+    def classify(self, image: Any, labels: Sequence[str], template: str | Sequence[str] = "a photo of a {}.",
+                 max_prompts: int | None = None, name: str = "upload") -> list[dict[str, Any]]:
         """Zero-shot label scores for one image: ``[{label, score, prob}]`` sorted by probability.
 
-        ``score`` is the cosine similarity with ``template.format(label)``; ``prob`` the softmax of
-        ``logit_scale * score`` over the labels (a sigmoid with the bias for SigLIP-style models).
+        Templates are data: ``{}`` is replaced by the label and nothing else in them is interpreted (no
+        ``str.format``). With several templates a label's text embedding is the normalised mean over them
+        (the CLIP prompt ensemble). ``score`` is the cosine similarity with that embedding; ``prob`` the
+        softmax of ``logit_scale * score`` over the labels (a sigmoid with the bias for SigLIP-style models).
+        ``max_prompts`` caps labels x templates (the text tower runs once per prompt).
         """
+        from ..zeroshot import fill_template
+
         labels = [str(label).strip() for label in labels if str(label).strip()]
+        templates = [template] if isinstance(template, str) else list(template)
         if not labels:
             raise KontrastError("give at least one label to classify against")
-        if "{}" not in template:
-            raise KontrastError(f"template {template!r} has no {{}} placeholder for the label")
-        img = self.encode_image(image)
-        txt = self.encode_text([template.format(label) for label in labels])
+        if not templates:
+            raise KontrastError("give at least one template, e.g. 'a photo of a {}.'")
+        for t in templates:
+            if "{}" not in t:
+                raise KontrastError(f"template {t!r} has no {{}} placeholder for the label")
+        if max_prompts is not None and len(labels) * len(templates) > max_prompts:
+            raise KontrastError(f"{len(labels)} labels x {len(templates)} templates = {len(labels) * len(templates)} "
+                                f"prompts; at most {max_prompts} per request")
+        img = self.encode_image(image, name)
+        prompts = [fill_template(t, label) for label in labels for t in templates]  # label-major: [L * T]
+        txt = np.concatenate([self.encode_text(prompts[i: i + 256]) for i in range(0, len(prompts), 256)])
+        txt = txt.reshape(len(labels), len(templates), -1).mean(axis=1)  # [L*T, D] -> [L, T, D] -> [L, D]
+        txt /= np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
         sims = txt @ img  # [L]
         scale = float(self.model.logit_scale.detach().exp())
         bias = getattr(self.model, "logit_bias", None)

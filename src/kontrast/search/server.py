@@ -1,30 +1,37 @@
 """The search HTTP API and web page (FastAPI), built around one ``Searcher``.
 
 Endpoints: ``GET /search?q=&k=``, ``POST /search`` (multipart image, optional ``q``), ``POST /classify``
-(image + labels), ``POST /embed`` (texts and/or an image -> vectors), ``GET /thumb/{id}``,
+(image + labels + templates), ``POST /embed`` (texts and/or an image -> vectors), ``GET /thumb/{id}``,
 ``GET /image/{id}``, ``GET /item/{id}``, ``GET /health``, ``/docs`` (OpenAPI), and the page at ``/``.
 
-Safety: files are looked up by integer row id only, never by a client path, and served only while they
-still hash to the indexed sha256 (``media.py``); request bodies above ``max_upload_bytes`` get 413 before
-they are read (from ``Content-Length``, or by counting a chunked body); unreadable or non-image uploads
-get a JSON 4xx; the model is shared by all requests behind a lock (``Searcher``). The page loads nothing
-from outside the server (a Content-Security-Policy of ``'self'`` enforces it); ``/docs`` is FastAPI's
-default page, which loads Swagger UI from a CDN.
+Safety (README, "Security"): every request first passes ``guard.RequestGuard`` (URL length 414, ``Host``
+header 400, access token 401, body size 413 before the body is read). Files are looked up by integer row id
+only, never by a client path, and served only while they still hash to the indexed sha256 (``media.py``).
+Uploads are decoded at most ``max_decodes`` at a time and at most ``max_image_pixels`` each
+(``decode.DecodeGate``); unreadable or non-image uploads get a JSON 4xx; a form field given twice is
+refused; templates are data (only ``{}`` is replaced); labels x templates per request are capped. The model
+is shared by all requests behind a lock (``Searcher``). The index is followed: a new generation written by
+``kontrast index`` is loaded in the background and swapped in at once (``SearchIndex.follow``). The page
+loads nothing from outside the server (a Content-Security-Policy of ``'self'`` enforces it); ``/docs`` is
+FastAPI's default page, which loads Swagger UI from a CDN. No CORS headers are sent, so other origins'
+pages cannot read responses.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..errors import ImageError, KontrastError
+from .decode import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_PIXELS, DecodeGate
+from .guard import LOOPBACK_NAMES, RequestGuard
 from .media import THUMB_SIZES, MediaReader, StaleItemError
 from .query import Searcher
 
@@ -37,64 +44,20 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; s
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` when a chunked body passes the limit (FastAPI re-raises HTTPExceptions)."""
+@dataclass
+class ServerOptions:
+    """What the server accepts; ``kontrast serve`` fills it from its flags."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413, detail=f"request body larger than {limit} bytes")
-
-
-class UploadLimit:
-    """ASGI middleware: 413 for bodies above ``max_bytes``, decided before the body is read; adds nosniff."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def _reject(self, send) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > self.max_bytes
-            except ValueError:
-                too_big = False
-            if too_big:
-                await self._reject(send)
-                return
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-            return message
-
-        async def send_with_headers(message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message = {**message, "headers": [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]}
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, send_with_headers)
-        except BodyTooLarge:
-            if not started:
-                await self._reject(send)
+    max_upload_bytes: int = 10 * 1024 * 1024  # request bodies above: 413 before reading
+    thumb_cache_bytes: int = 64 * 1024 * 1024  # LRU of rendered thumbnails
+    max_url_bytes: int = 32 * 1024  # longer URLs: 414
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_NAMES  # Host header names answered (None: any)
+    auth_token: str | None = None  # required on every request when set
+    max_decodes: int = DEFAULT_MAX_CONCURRENT  # image decodes at once (uploads and thumbnails)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # per decoded upload (JPEGs above are decoded at 1/2..1/8)
+    max_prompts: int = 1000  # labels x templates per /classify request
+    max_texts: int = 256  # texts per /embed request
+    follow_seconds: float | None = 1.0  # check the index for a new generation this often (None: never)
 
 
 def _image_status(exc: ImageError) -> int:
@@ -102,19 +65,46 @@ def _image_status(exc: ImageError) -> int:
     return 415 if "not an image" in str(exc) else 400
 
 
-def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 1024 * 1024,
-               thumb_cache_bytes: int = 64 * 1024 * 1024) -> FastAPI:
-    """The FastAPI application serving ``searcher``'s index."""
+def _check_exclude(exclude: list[str]) -> None:
+    if len(exclude) > 16 or any(len(e) > 2000 for e in exclude):
+        raise HTTPException(status_code=422, detail="at most 16 exclude texts of at most 2000 characters")
+
+
+def _single(*fields: str):
+    """A dependency refusing a form in which one of ``fields`` appears more than once (which would
+    otherwise silently use the last one)."""
+
+    async def check(request: Request) -> None:
+        if not request.headers.get("content-type", "").startswith(("multipart/form-data",
+                                                                    "application/x-www-form-urlencoded")):
+            return
+        form = await request.form()  # parsed once; FastAPI reads the same cached form
+        for name in fields:
+            n = len(form.getlist(name))
+            if n > 1:
+                raise HTTPException(status_code=400, detail=f"form field {name!r} given {n} times; send it once")
+
+    return Depends(check)
+
+
+def create_app(searcher: Searcher, options: ServerOptions | None = None, **changes: Any) -> FastAPI:
+    """The FastAPI application serving ``searcher``'s index (``changes``: fields of ``ServerOptions``)."""
     from .. import __version__
 
+    opts = replace(options or ServerOptions(), **changes)
     app = FastAPI(title="kontrast search", version=__version__,
                   description="CLIP search over a kontrast index: text->image, image->image, captions, zero-shot.")
-    media = MediaReader(thumb_cache_bytes)
+    gate = DecodeGate(opts.max_decodes, opts.max_image_pixels)
+    searcher.gate = gate
+    media = MediaReader(opts.thumb_cache_bytes, gate=gate, index_folder=str(searcher.index.folder))
     for name in ("image", "caption"):  # load the FAISS indexes now, not on the first request
         searcher.index.ann(name)
+    if opts.follow_seconds is not None and searcher.index.readonly:
+        searcher.index.follow(opts.follow_seconds)
     store = searcher.index.store
     app.state.searcher = searcher
     app.state.media = media
+    app.state.options = opts
 
     @app.exception_handler(ImageError)
     async def _image_error(_request, exc: ImageError) -> JSONResponse:
@@ -131,11 +121,11 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 1024 * 1024,
     def _results(results) -> list[dict[str, Any]]:
         return [{**r.to_dict(), "thumb": f"/thumb/{r.id}", "image": f"/image/{r.id}"} for r in results]
 
-    def _upload(file: UploadFile) -> bytes:
-        data = file.file.read()
-        if not data:
+    def _upload(file: UploadFile):
+        """The upload's spooled file (read inside a decode slot, not here)."""
+        if not file.size:
             raise HTTPException(status_code=400, detail=f"uploaded file {file.filename!r} is empty")
-        return data
+        return file.file
 
     def _row(item_id: int) -> dict[str, Any]:
         row = store.rows([item_id]).get(item_id)
@@ -151,53 +141,67 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 1024 * 1024,
 
     @app.get("/health", summary="liveness and index statistics")
     def health() -> dict[str, Any]:
-        return {"status": "ok", **searcher.index.stats(), "max_upload_bytes": max_upload_bytes}
+        return {"status": "ok", **searcher.index.stats(), "max_upload_bytes": opts.max_upload_bytes,
+                "max_image_pixels": opts.max_image_pixels}
 
     @app.get("/search", summary="text -> image (or -> caption) search")
-    def search_get(q: str = Query(..., min_length=1, max_length=2000, description="text query"),
-                   k: int = Query(20, ge=1, le=MAX_K),
-                   exclude: list[str] = Query([], description="drop results closer to these texts"),
-                   exclude_threshold: float | None = Query(None, ge=-1, le=1),
-                   captions: bool = Query(False, description="search captions instead of images")) -> dict[str, Any]:
+    def search_get(q: Annotated[str, Query(min_length=1, max_length=2000, description="text query")],
+                   k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+                   exclude: Annotated[list[str] | None, Query(description="drop results closer to these texts")] = None,
+                   exclude_threshold: Annotated[float | None, Query(ge=-1, le=1)] = None,
+                   captions: Annotated[bool, Query(description="search captions instead of images")] = False,
+                   ) -> dict[str, Any]:
+        exclude = exclude or []
+        _check_exclude(exclude)
         results = searcher.search(text=q, k=k, exclude=exclude, exclude_threshold=exclude_threshold, captions=captions)
         return {"query": q, "k": k, "results": _results(results)}
 
-    @app.post("/search", summary="image -> image (or -> caption) search, optionally with text")
-    def search_post(file: UploadFile = File(..., description="query image"),
-                    q: str | None = Form(None, max_length=2000), k: int = Form(20, ge=1, le=MAX_K),
-                    exclude: list[str] = Form([]), exclude_threshold: float | None = Form(None, ge=-1, le=1),
-                    captions: bool = Form(False)) -> dict[str, Any]:
-        data = _upload(file)
-        results = searcher.search(text=q or None, image=data, k=k, exclude=exclude,
-                                  exclude_threshold=exclude_threshold, captions=captions)
+    @app.post("/search", summary="image -> image (or -> caption) search, optionally with text",
+              dependencies=[_single("file", "q", "k", "exclude_threshold", "captions")])
+    def search_post(file: Annotated[UploadFile, File(description="query image")],
+                    q: Annotated[str | None, Form(max_length=2000)] = None,
+                    k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
+                    exclude: Annotated[list[str] | None, Form()] = None,
+                    exclude_threshold: Annotated[float | None, Form(ge=-1, le=1)] = None,
+                    captions: Annotated[bool, Form()] = False) -> dict[str, Any]:
+        exclude = exclude or []
+        _check_exclude(exclude)
+        results = searcher.search(text=q or None, image=_upload(file), k=k, exclude=exclude,
+                                  exclude_threshold=exclude_threshold, captions=captions, name=file.filename or "upload")
         return {"query": q, "k": k, "image": file.filename, "results": _results(results)}
 
-    @app.post("/classify", summary="zero-shot classification of an uploaded image")
-    def classify(file: UploadFile = File(...),
-                 labels: list[str] = Form(..., description="labels: repeat the field, or one comma-separated value"),
-                 template: str = Form("a photo of a {}.", max_length=500)) -> dict[str, Any]:
-        data = _upload(file)
+    @app.post("/classify", summary="zero-shot classification of an uploaded image",
+              dependencies=[_single("file")])
+    def classify(file: Annotated[UploadFile, File()],
+                 labels: Annotated[list[str], Form(description="labels: repeat the field, or one comma-separated value")],
+                 template: Annotated[list[str] | None, Form(description="prompt templates ('{}' = the label; repeat "
+                                                            "the field for an ensemble)")] = None) -> dict[str, Any]:
+        template = template or ["a photo of a {}."]
         names = [part.strip() for value in labels for part in value.split(",") if part.strip()]
-        if len(names) > 1000:
-            raise HTTPException(status_code=422, detail="at most 1000 labels")
-        return {"labels": searcher.classify(data, names, template=template)}
+        if any(len(t) > 500 for t in template):
+            raise HTTPException(status_code=422, detail="a template is longer than 500 characters")
+        if any(len(n) > 500 for n in names):
+            raise HTTPException(status_code=422, detail="a label is longer than 500 characters")
+        return {"labels": searcher.classify(_upload(file), names, template=template, max_prompts=opts.max_prompts,
+                                            name=file.filename or "upload")}
 
-    @app.post("/embed", summary="normalised embeddings of texts and/or an image")
-    def embed(text: list[str] = Form([], description="texts (repeat the field for several)"),
-              file: UploadFile | None = File(None, description="an image")) -> dict[str, Any]:
+    @app.post("/embed", summary="normalised embeddings of texts and/or an image", dependencies=[_single("file")])
+    def embed(text: Annotated[list[str] | None, Form(description="texts (repeat the field for several)")] = None,
+              file: Annotated[UploadFile | None, File(description="an image")] = None) -> dict[str, Any]:
+        text = text or []
         if not text and file is None:
             raise HTTPException(status_code=422, detail="give a 'text' field and/or a 'file' upload")
-        if len(text) > 256:
-            raise HTTPException(status_code=422, detail="at most 256 texts per request")
+        if len(text) > opts.max_texts:
+            raise HTTPException(status_code=422, detail=f"at most {opts.max_texts} texts per request")
         out: dict[str, Any] = {"model_fingerprint": searcher.index.model_fingerprint, "dim": searcher.index.dim}
         if text:
             out["text"] = searcher.encode_text(text).round(7).tolist()
         if file is not None:
-            out["image"] = searcher.encode_image(_upload(file)).round(7).tolist()
+            out["image"] = searcher.encode_image(_upload(file), file.filename or "upload").round(7).tolist()
         return out
 
     @app.get("/item/{item_id}", summary="metadata of one indexed item")
-    def item(item_id: int = PathParam(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    def item(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)]) -> dict[str, Any]:
         row = _row(item_id)
         canon = row["alias_of"] or item_id
         return {**row, "aliases": store.aliases([canon]).get(canon, []), "thumb": f"/thumb/{item_id}",
@@ -205,7 +209,7 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 1024 * 1024,
 
     @app.get("/thumb/{item_id}", summary="thumbnail of an indexed image (by id only)",
              response_class=Response, responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
-    def thumb(item_id: int = PathParam(..., ge=1, le=MAX_ID), size: int = Query(256)) -> Response:
+    def thumb(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], size: int = 256) -> Response:
         if size not in THUMB_SIZES:
             raise HTTPException(status_code=422, detail=f"size must be one of {list(THUMB_SIZES)}")
         data, media_type = media.thumbnail(_row(item_id), size)
@@ -213,9 +217,24 @@ def create_app(searcher: Searcher, max_upload_bytes: int = 10 * 1024 * 1024,
 
     @app.get("/image/{item_id}", summary="the original indexed image (by id only)",
              response_class=Response, responses={200: {"content": {"image/*": {}}}})
-    def image(item_id: int = PathParam(..., ge=1, le=MAX_ID)) -> Response:
+    def image(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)]) -> Response:
         data, media_type = media.original(_row(item_id))
         return Response(data, media_type=media_type, headers={"Content-Disposition": "inline"})
 
-    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(RequestGuard, max_bytes=opts.max_upload_bytes, max_url_bytes=opts.max_url_bytes,
+                       allowed_hosts=opts.allowed_hosts, token=opts.auth_token)
     return app
+
+
+def uvicorn_config(app: FastAPI, max_connections: int = 128, **kwargs: Any):
+    """The ``uvicorn.Config`` ``kontrast serve`` runs ``app`` with (tests use the same).
+
+    h11's request-head buffer is raised from 16 KB to 2 MB so that a long URL reaches ``RequestGuard``
+    and gets 414 instead of a connection reset; ``max_connections`` (uvicorn's ``limit_concurrency``:
+    503 above it) bounds the memory those buffers and the upload spools can take.
+    """
+    import uvicorn
+
+    kwargs.setdefault("log_level", "warning")
+    return uvicorn.Config(app, h11_max_incomplete_event_size=2 * 1024 * 1024, limit_concurrency=max_connections,
+                          **kwargs)
