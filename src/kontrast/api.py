@@ -104,6 +104,12 @@ def load(
 
         ckpt = formats.read(hub.resolve_hf_hub(name[len("hf-hub:"):], cache_dir=cache_dir))
     elif Path(name).expanduser().exists():
+        from .checkpoints import siglip_io
+
+        if siglip_io.detect(Path(name).expanduser()):  # SigLIP / SigLIP 2 folders: their own model class
+            model, preprocess, tokenizer = siglip_io.load(Path(name).expanduser())
+            model.precision = precision
+            return model.to(device=device, dtype=PRECISIONS[precision]), preprocess, tokenizer
         ckpt = formats.read(Path(name).expanduser())
     elif pretrained:
         from .checkpoints import hub

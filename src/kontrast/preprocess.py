@@ -42,6 +42,8 @@ from .errors import ImageError
 OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_MODES = ("shortest", "longest", "squash")
+#: PIL filters of the resize step by name (open_clip's ``interpolation``; HF ``resample`` 2 / 3).
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 #: Pillow's ``reducing_gap`` in fast mode: 3.0 is the value Pillow documents as visually lossless.
 REDUCING_GAP = 3.0
@@ -216,6 +218,14 @@ class _Normalizer:
         return torch.from_numpy(out)
 
 
+def _rgb_on_white(img: Image.Image) -> Image.Image:
+    """Hugging Face's RGB conversion: transparency is composited onto white (open_clip drops alpha instead)."""
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def _rgb_array(img: Image.Image) -> np.ndarray:
     """HWC uint8 RGB pixels, converting the mode last (after resize / crop) as open_clip does."""
     if img.mode != "RGB":
@@ -233,15 +243,20 @@ class Preprocess:
 
     ``resize_mode``: ``"shortest"`` (resize the shorter side, center crop; OpenAI/open_clip default),
     ``"longest"`` (resize the longer side, zero-pad to the square) or ``"squash"`` (resize both sides,
-    ignoring the aspect ratio). ``fast=True``: see the module docstring (not bit-exact). Picklable,
-    so it can be handed to DataLoader workers.
+    ignoring the aspect ratio). ``interpolation``: ``"bicubic"`` or ``"bilinear"`` (the resize filter).
+    ``rgb_first=True`` converts to RGB BEFORE resizing, compositing transparency onto white, as Hugging Face image
+    processors do (open_clip converts after resizing and drops alpha; the two differ on RGBA and palette images). ``fast=True``: see the module docstring (not bit-exact).
+    Picklable, so it can be handed to DataLoader workers.
     """
 
     def __init__(self, image_size: int | Sequence[int] = 224, mean: Sequence[float] = OPENAI_MEAN,
                  std: Sequence[float] = OPENAI_STD, resize_mode: str = "shortest",
-                 fast: bool = False) -> None:
+                 fast: bool = False, interpolation: str = "bicubic", rgb_first: bool = False) -> None:
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize_mode {resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+        self.interpolation, self.rgb_first = interpolation, bool(rgb_first)
         self.image_size = image_size
         self.target_hw = _target_hw(image_size)
         if min(self.target_hw) < 1:
@@ -260,6 +275,7 @@ class Preprocess:
 
     def __repr__(self) -> str:
         return (f"Preprocess(image_size={self.image_size}, resize_mode={self.resize_mode!r}, "
+                f"interpolation={self.interpolation!r}, rgb_first={self.rgb_first}, "
                 f"fast={self.fast}, mean={self.mean}, std={self.std})")
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
@@ -267,7 +283,8 @@ class Preprocess:
         owned = not isinstance(image, Image.Image)
         img = load_image(image, decode=not self.fast)
         try:
-            out = self._fast(img, name, owned) if self.fast else self._exact(img)
+            fast = self.fast and self.interpolation == "bicubic" and not self.rgb_first
+            out = self._fast(img, name, owned) if fast else self._exact(img)
             rgb = _rgb_array(out)
         except ImageError:
             raise
@@ -287,9 +304,11 @@ class Preprocess:
         return out
 
     def _exact(self, img: Image.Image) -> Image.Image:
+        if getattr(self, "rgb_first", False) and img.mode != "RGB":
+            img = _rgb_on_white(img)
         new_wh = _resized_size(*img.size, self.target_hw, self.resize_mode)
         if new_wh != img.size:
-            img = img.resize(new_wh, Image.Resampling.BICUBIC)
+            img = img.resize(new_wh, INTERPOLATIONS[getattr(self, "interpolation", "bicubic")])
         if self.resize_mode != "squash":
             box = _center_box(*img.size, self.target_hw)
             if box != (0, 0, *img.size):
