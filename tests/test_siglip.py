@@ -236,3 +236,21 @@ def test_sigmoid_probabilities_are_per_label():
     cos = F.normalize(exp["image_features"], dim=-1) @ F.normalize(exp["text_features"], dim=-1).T
     torch.testing.assert_close(torch.sigmoid(logits), torch.sigmoid(exp["logit_scale"] * cos + exp["logit_bias"]),
                                atol=1e-5, rtol=0)
+
+
+def test_zero_shot_of_siglip_is_sigmoid_per_label(tmp_path, monkeypatch):
+    """ZeroShotClassifier on a SigLIP model: each label's probability is sigmoid(scale * cos + bias) on its own."""
+    from kontrast.zeroshot import ZeroShotClassifier
+
+    monkeypatch.setenv("KONTRAST_CACHE", str(tmp_path))
+    model, preprocess, tokenizer = kontrast.load(FAMILIES / "siglip_open_clip")
+    labels = ["cat", "dog", "neural network"]
+    clf = ZeroShotClassifier(model, preprocess, tokenizer, labels, templates=["a photo of a {}"])
+    image = Image.open("/work/shared/fixtures/preprocess/rgb_300x200.png")
+    probs = clf([image])
+    with torch.no_grad():
+        img = model.encode_image(preprocess(image).unsqueeze(0), normalize=True)
+        txt = model.encode_text(tokenizer([f"a photo of a {c}" for c in labels]), normalize=True)
+    expected = torch.sigmoid(model.logit_scale.exp() * img @ txt.T + model.logit_bias)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+    assert abs(float(probs.sum()) - 1.0) > 1e-3  # not a softmax

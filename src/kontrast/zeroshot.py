@@ -212,15 +212,19 @@ def _remember(key: str, weights: torch.Tensor) -> None:
 
 @torch.no_grad()
 def classify(model: torch.nn.Module, image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """Class probabilities ``[N, C]``: ``softmax(exp(logit_scale) * normalize(image_features) @ classifier.T)``.
+    """Class probabilities ``[N, C]`` of ``logits = exp(logit_scale) * normalize(image_features) @ classifier.T``.
 
-    The softmax runs over the classes, as CLIP does; a SigLIP bias is the same for every class and
-    would not change it, so it is left out.
+    CLIP models: ``softmax(logits)`` over the classes. SigLIP models (``model.sigmoid``, trained with a sigmoid per
+    pair): ``sigmoid(logits + logit_bias)`` for each class on its own, so a row need not sum to 1 and an image that
+    fits no label gets low probabilities everywhere.
     """
     img = F.normalize(image_features.float(), dim=-1)
     weights = classifier.to(device=img.device, dtype=torch.float32)
     scale = model.logit_scale.detach().float().exp().to(img.device)
-    return (scale * img @ weights.T).softmax(dim=-1)
+    logits = scale * img @ weights.T
+    if getattr(model, "sigmoid", False):
+        return torch.sigmoid(logits + model.logit_bias.detach().float().to(img.device))
+    return logits.softmax(dim=-1)
 
 
 def top_k(probs: torch.Tensor, classnames: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:

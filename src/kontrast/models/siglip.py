@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +259,17 @@ class SigLIPConfig:
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
     naflex: bool = False  # weights come from a Siglip2Model (NaFlex patch embedding) and are written back so
+
+    name: str | None = None  # a label (not architecture), as ``ModelConfig.name``
+
+    @property
+    def extra(self) -> dict:
+        """Keys outside the architecture (none): the interface ``api.fingerprint`` reads."""
+        return {}
+
+    def to_dict(self) -> dict:
+        """A plain dict of the whole config (``api.fingerprint`` hashes it with the weights)."""
+        return {"family": "siglip", **asdict(self)}
 
     def __post_init__(self) -> None:
         if self.embed_dim is None:
