@@ -8,8 +8,13 @@ Layout of an output folder (``unit-000007`` is the 8th unit of the source: a sha
     unit-000007.parquet         metadata, one row per embedding: key, source, caption, width, height, meta (JSON)
                                 (``.csv`` when pyarrow is not installed)
     unit-000007.skipped.jsonl   records that could not be embedded: key, source, reason
-    unit-000007.done.json       written last: the unit is complete (rows, skipped)
-    skipped.jsonl               all skipped records in unit order (written when the job completes)
+    unit-000007.done.json       written last: the unit is complete (rows, skipped, captions_skipped)
+    skipped.jsonl               all skipped records in unit order (written when the job completes); a record
+                                embedded without its caption (not UTF-8, unreadable) has ``"part": "caption"``
+
+A unit that could not be read whole (a damaged shard: corrupt headers, cut short; see ``data.sources``)
+gets no files and no ``done.json``: the run reports what was lost (``EmbedReport.damaged``), the job stays
+incomplete, and a rerun reads the unit again (after the shard is repaired, completely).
 
 Every file is written to a temporary name and moved into place (``os.replace``), and a unit counts as
 done only once its ``done.json`` exists, so a job killed at any moment resumes with no duplicate and
@@ -128,7 +133,7 @@ def _now() -> str:
 def dist_env() -> tuple[int, int]:
     """``(rank, world_size)`` from torchrun's environment (``RANK``, ``WORLD_SIZE``); ``(0, 1)`` otherwise."""
     try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError as exc:
         raise KontrastError(f"RANK/WORLD_SIZE must be integers ({exc})") from exc
 
@@ -161,6 +166,8 @@ class EmbedReport:
     skipped: int  # skipped by this rank in this run
     complete: bool = False
     skipped_items: list[dict[str, str]] = field(default_factory=list)
+    captions_skipped: int = 0  # images embedded without their caption (by this rank in this run)
+    damaged: list[dict[str, str]] = field(default_factory=list)  # parts of units that could not be read
 
 
 class EmbedJob:
@@ -175,7 +182,7 @@ class EmbedJob:
     def __init__(self, model: torch.nn.Module, preprocess: Callable, source: str | os.PathLike | Sequence[str],
                  out_dir: str | os.PathLike, *, tokenizer: Callable | None = None, model_name: str | None = None,
                  batch_size: int = 64, workers: int = 0, dtype: str = "float16", rank: int = 0, world_size: int = 1,
-                 barrier: Callable[[], None] | None = None) -> None:
+                 barrier: Callable[[], None] | None = None, follow_symlinks: bool = False) -> None:
         if dtype not in DTYPES:
             raise KontrastError(f"dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
         if batch_size < 1 or workers < 0:
@@ -188,6 +195,7 @@ class EmbedJob:
         self.model_name = model_name or getattr(model, "checkpoint_path", None) or model.config.name
         self.batch_size, self.workers, self.dtype = batch_size, workers, dtype
         self.rank, self.world_size, self.barrier = rank, world_size, barrier
+        self.follow_symlinks = follow_symlinks  # read symlinks leading out of a folder source (data.sources)
         self.source: Source | None = None
         self.units: list[Any] = []
         self.pending: list[int] = []  # global unit indices this rank still has to embed
@@ -199,7 +207,7 @@ class EmbedJob:
         from .api import fingerprint
 
         paths = [os.path.abspath(p) for p in expand_paths(self.spec)]
-        self.source = open_source(paths)
+        self.source = open_source(paths, follow_symlinks=self.follow_symlinks)
         self.units = list(self.source.units())
         if not self.units:
             raise KontrastError(f"no images found in {' '.join(self.spec)} (looked for .png .jpg .jpeg .webp ...)")
@@ -276,10 +284,15 @@ class EmbedJob:
                                           batch_size=self.batch_size, workers=self.workers,
                                           tokenizer=self.tokenizer, normalize=True, progress=progress):
                     index = self.pending[result.index]
+                    if result.damaged:  # not written, not done: a rerun reads it again
+                        report.damaged.extend({"unit": self.source.unit_name(result.unit), "source": d.source,
+                                               "reason": d.reason} for d in result.damaged)
+                        continue
                     self._write_unit(index, result)
                     report.units_run += 1
                     report.rows += len(result.metas)
                     report.skipped += len(result.skipped)
+                    report.captions_skipped += len(result.caption_errors)
             finally:
                 self.model.train(was_training)
         report.units_done = self.count_done()
@@ -293,11 +306,13 @@ class EmbedJob:
             _atomic_npy(stem.with_name(f"{stem.name}.text.npy"), result.text_embeddings.astype(np_dtype))
         ext = "parquet" if self.manifest["metadata_format"] == "parquet" else "csv"
         _write_metadata(stem.with_name(f"{stem.name}.{ext}"), result.metas)
-        skipped = "".join(json.dumps({"key": s.key, "source": s.source, "reason": s.reason}, ensure_ascii=False) + "\n"
-                          for s in result.skipped)
-        _atomic_text(stem.with_name(f"{stem.name}.skipped.jsonl"), skipped)
+        lines = [{"key": s.key, "source": s.source, "reason": s.reason} for s in result.skipped]
+        lines += [{"key": s.key, "source": s.source, "reason": s.reason, "part": "caption"}
+                  for s in result.caption_errors]
+        _atomic_text(stem.with_name(f"{stem.name}.skipped.jsonl"),
+                     "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
         done = {"unit": self.source.unit_name(result.unit), "rows": len(result.metas), "skipped": len(result.skipped),
-                "rank": self.rank, "finished": _now()}
+                "captions_skipped": len(result.caption_errors), "rank": self.rank, "finished": _now()}
         _atomic_text(stem.with_name(f"{stem.name}.done.json"), json.dumps(done))  # last: the unit is complete
 
     def count_done(self) -> int:
@@ -312,7 +327,7 @@ class EmbedJob:
         report.complete = report.units_done == len(self.units)
         if self.rank != 0:
             return report
-        rows = skipped = 0
+        rows = skipped = captions = 0
         lines: list[str] = []
         for i in range(len(self.units)):
             marker = self.out / f"{unit_stem(i)}.done.json"
@@ -321,12 +336,13 @@ class EmbedJob:
             done = _read_json(marker)
             rows += int(done["rows"])
             skipped += int(done["skipped"])
+            captions += int(done.get("captions_skipped", 0))
             lines.append((self.out / f"{unit_stem(i)}.skipped.jsonl").read_text(encoding="utf-8"))
         if report.complete:
             _atomic_text(self.out / "skipped.jsonl", "".join(lines))
             report.skipped_items = [json.loads(x) for x in "".join(lines).splitlines() if x.strip()]
         self.manifest.update(status="complete" if report.complete else "incomplete", units_done=report.units_done,
-                             rows=rows, skipped=skipped, updated=_now())
+                             rows=rows, skipped=skipped, captions_skipped=captions, updated=_now())
         _atomic_text(self.out / MANIFEST, json.dumps(self.manifest, indent=2, ensure_ascii=False))
         return report
 

@@ -2,7 +2,9 @@
 
 ``embed_units`` walks a ``kontrast.data`` source unit by unit (a shard, or a chunk of files) and yields
 one ``UnitResult`` per finished unit, so callers can write results unit by unit and resume after a
-crash by skipping the units they already have. Bad images are skipped and reported, never fatal.
+crash by skipping the units they already have. Bad images (an ``ImageError``: the item's own decode or I/O
+failure) are skipped and reported, never fatal; any other exception is a bug and stops the job, so that
+no caller mistakes it for a bad image (``search.build`` deletes the rows of images that became unreadable).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Skipped:
     key: str
     source: str
     reason: str
+    incomplete_unit: bool = False  # part of the unit (a damaged shard) could not be read: do not mark it done
 
 
 @dataclass
@@ -37,6 +40,12 @@ class UnitResult:
     image_embeddings: np.ndarray  # [n, D] float32
     text_embeddings: np.ndarray | None = None  # [n, D] float32 (rows of records without caption are zero)
     skipped: list[Skipped] = field(default_factory=list)
+    caption_errors: list[Skipped] = field(default_factory=list)  # embedded without their unreadable caption
+
+    @property
+    def damaged(self) -> list[Skipped]:
+        """What could not be read of the unit itself (a damaged shard); empty when it was read whole."""
+        return [s for s in self.skipped if s.incomplete_unit]
 
 
 @dataclass
@@ -52,6 +61,8 @@ def decode_record(record: Record, preprocess: Callable) -> tuple[torch.Tensor, d
     """Preprocess one record's bytes; raises ``ImageError`` for a bad image."""
     from .preprocess import load_image
 
+    if record.incomplete_unit:
+        raise ImageError(record.error or f"cannot read all of {record.source}")
     if record.data is None:
         raise ImageError(f"cannot read image {record.source}: {record.error or 'no data'}")
     image = load_image(io.BytesIO(record.data) if not isinstance(record.data, (bytes, bytearray)) else record.data)
@@ -59,6 +70,8 @@ def decode_record(record: Record, preprocess: Callable) -> tuple[torch.Tensor, d
     pixels = preprocess(image)
     meta = {"key": record.key, "source": record.source, "caption": record.caption, "width": width, "height": height,
             "meta": record.meta}
+    if record.caption_error:
+        meta["caption_error"] = record.caption_error
     return pixels, meta
 
 
@@ -78,11 +91,8 @@ class _UnitDataset(IterableDataset):
             for record in self.source.iter_unit(self.units[index]):
                 try:
                     x, meta = decode_record(record, self.preprocess)
-                except ImageError as exc:
-                    skipped.append(Skipped(record.key, record.source, str(exc)))
-                    continue
-                except Exception as exc:  # noqa: BLE001 - any decoder failure skips the item
-                    skipped.append(Skipped(record.key, record.source, f"{type(exc).__name__}: {exc}"))
+                except ImageError as exc:  # the item's own decode / I/O error; anything else is a bug: it stops the job
+                    skipped.append(Skipped(record.key, record.source, str(exc), record.incomplete_unit))
                     continue
                 pixels.append(x)
                 metas.append(meta)
@@ -117,8 +127,10 @@ def embed_units(
     dtype = next(model.visual.parameters()).dtype
     pending: dict[int, dict[str, list]] = {}
     for batch in loader:
-        state = pending.setdefault(batch.unit_index, {"metas": [], "img": [], "txt": [], "skipped": []})
+        state = pending.setdefault(batch.unit_index, {"metas": [], "img": [], "txt": [], "skipped": [], "captions": []})
         state["skipped"].extend(batch.skipped)
+        state["captions"].extend(Skipped(m["key"], m["source"], m["caption_error"]) for m in batch.metas
+                                 if m.get("caption_error"))
         if batch.pixels is not None:
             feats = model.encode_image(batch.pixels.to(device=device, dtype=dtype), normalize=normalize)
             state["img"].append(feats.float().cpu().numpy())
@@ -134,7 +146,8 @@ def embed_units(
             txt = None
             if tokenizer is not None:
                 txt = np.concatenate(state["txt"]) if state["txt"] else np.zeros((0, dim), np.float32)
-            yield UnitResult(batch.unit_index, units[batch.unit_index], state["metas"], img, txt, state["skipped"])
+            yield UnitResult(batch.unit_index, units[batch.unit_index], state["metas"], img, txt, state["skipped"],
+                             state["captions"])
 
 
 def _embed_captions(model, tokenizer, metas, normalize: bool, device) -> np.ndarray:

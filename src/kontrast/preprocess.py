@@ -29,7 +29,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Union
 
@@ -52,6 +54,12 @@ REDUCING_GAP = 3.0
 FAST_MEAN_ABS_BOUND = 0.02
 
 ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray, memoryview]
+
+#: What Pillow raises for bad image data, and only that: unreadable, truncated or corrupt files, modes or
+#: formats it cannot handle, failed decoders, decompression bombs. Anything else (TypeError, AttributeError,
+#: KeyError, ...) is a bug and must propagate with its traceback instead of becoming "a skipped image".
+DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error,
+                                                  Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -98,7 +106,7 @@ def _open(src: ImageInput, name: str) -> Image.Image:
         reason = "not an image file, or a format Pillow cannot read (remove or convert it)"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         reason = f"{_one_line(exc)} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, not a bug here
+    except DECODE_ERRORS as exc:  # other plugin failures on bad data
         reason = _one_line(exc)
     raise ImageError(f"cannot read image {name}: {reason}")
 
@@ -107,7 +115,7 @@ def _decode(img: Image.Image, name: str) -> None:
     """Decode the pixels now so truncated or corrupt data fails here, with the file name."""
     try:
         img.load()
-    except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, EOFError, zlib/struct errors...
+    except DECODE_ERRORS as exc:
         raise ImageError(f"cannot read image {name}: {_one_line(exc)} (the file is truncated or corrupt; "
                          "re-download or remove it)") from None
 
@@ -286,9 +294,7 @@ class Preprocess:
             fast = self.fast and self.interpolation == "bicubic" and not self.rgb_first
             out = self._fast(img, name, owned) if fast else self._exact(img)
             rgb = _rgb_array(out)
-        except ImageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - PIL refusing a mode / corrupt data
+        except DECODE_ERRORS as exc:  # PIL refusing a mode / corrupt data (ImageError passes through)
             raise _pil_failure(name, exc) from None
         finally:
             if owned:
@@ -419,9 +425,7 @@ class TrainTransform:
             if flip:
                 out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             rgb = _rgb_array(out)
-        except ImageError:
-            raise
-        except Exception as exc:  # noqa: BLE001
+        except DECODE_ERRORS as exc:  # PIL refusing a mode / corrupt data (ImageError passes through)
             raise _pil_failure(name, exc) from None
         finally:
             if owned:

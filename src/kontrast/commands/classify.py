@@ -79,7 +79,7 @@ def _print_table(path: str, ranked: list[tuple[str, float]]) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..errors import KontrastError
+    from ..errors import ImageError, KontrastError
     from ..zeroshot import build_classifier, classify, top_k
 
     if args.top_k < 1:
@@ -106,13 +106,9 @@ def run(args: argparse.Namespace) -> int:
         for path in paths[start: start + args.batch_size]:
             try:
                 pixels.append(preprocess(path))
-            except KontrastError as exc:
+            except ImageError as exc:  # the image's own decode / I/O error; other exceptions are bugs
                 failed += 1
                 print(f"kontrast classify: skipped {path}: {exc}", file=sys.stderr)
-                continue
-            except Exception as exc:  # noqa: BLE001 - any decoder failure skips the image
-                failed += 1
-                print(f"kontrast classify: skipped {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
             batch_paths.append(path)
         if not batch_paths:

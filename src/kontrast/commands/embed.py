@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images (0: in this process)")
     p.add_argument("--text", action="store_true", help="also embed the captions (unit-*.text.npy)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="dtype of the stored embeddings")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="read symlinks that lead out of the source folder (default: skipped and counted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     model, preprocess, tokenizer = load_model(args)
     job = EmbedJob(model, preprocess, args.source, args.out, tokenizer=tokenizer if args.text else None,
                    model_name=args.model, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
-                   rank=rank, world_size=world)
+                   rank=rank, world_size=world, follow_symlinks=args.follow_symlinks)
     job.prepare()
     job.barrier = make_barrier(world)
     who = f"rank {rank}/{world}: " if world > 1 else ""
@@ -59,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
         state = "complete" if report.complete else f"incomplete ({report.units_done} of {report.units_total} units)"
         total_skipped = job.manifest.get("skipped", 0)
         print(f"{job.out}: {job.manifest.get('rows', 0)} embeddings, {total_skipped} skipped, "
-              f"{report.units_total} units, {state}")
+              f"{job.manifest.get('captions_skipped', 0)} captions unreadable, {report.units_total} units, {state}")
         for item in report.skipped_items[:10]:
-            print(f"  skipped {item['source']}: {item['reason']}", file=sys.stderr)
+            what = "caption left out" if item.get("part") == "caption" else "skipped"
+            print(f"  {what} {item['source']}: {item['reason']}", file=sys.stderr)
         if len(report.skipped_items) > 10:
             print(f"  ... {len(report.skipped_items) - 10} more in {job.out / 'skipped.jsonl'}", file=sys.stderr)
+    for d in report.damaged[:10]:
+        print(f"{who}kontrast embed: {d['unit']}: {d['reason']}; the unit is not marked done (repair the shard and "
+              "re-run)", file=sys.stderr)
     return 0 if report.complete else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from .common import add_model_args, load_model
 
@@ -28,20 +29,28 @@ def register(subparsers) -> None:
                    help="files per transaction for folders / CSV (shards commit one shard at a time)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
                    help="rewrite the FAISS files at most this often during a run (always at the end)")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash files (and re-read shards) whose size and mtime look unchanged: finds files swapped "
+                   "for others of the same size with their mtime restored")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="read symlinks that lead out of the indexed folders (default: skipped and counted, so a "
+                   "link cannot expose files outside them through the server)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import KontrastError
     from ..search.build import update_index
     from ..search.index import SearchIndex
+    from ..search.store import DB_NAME
 
     spec = args.model
-    if spec is None:
-        try:
-            spec = SearchIndex(args.index).model_spec or "default"
-        except Exception:  # noqa: BLE001 - no index yet: the default model
-            spec = "default"
+    if os.path.exists(args.index) and not os.path.isdir(args.index):
+        raise KontrastError(f"--index {args.index} is a file, not an index folder; give a folder (a new one is created)")
+    if spec is None:  # the index's own model; the default one only for a new index (errors opening it stop here)
+        is_new = not os.path.isfile(os.path.join(args.index, DB_NAME))
+        spec = "default" if is_new else (SearchIndex(args.index).model_spec or "default")
     elif os.path.exists(os.path.expanduser(spec)):
         spec = os.path.abspath(os.path.expanduser(spec))  # so search/serve find it from any folder
     args.model = spec
@@ -61,16 +70,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         stats = update_index(args.index, args.paths, model, preprocess, tokenizer, spec, batch_size=args.batch_size,
                              workers=args.workers, index_type=args.index_type, commit_every=args.commit_every,
-                             checkpoint_seconds=args.checkpoint_seconds, progress=progress)
+                             checkpoint_seconds=args.checkpoint_seconds, progress=progress, verify=args.verify,
+                             follow_symlinks=args.follow_symlinks)
     finally:
         if bar is not None:
             bar.close()
     types = ", ".join(f"{k}: {v}" for k, v in stats.index_types.items())
     print(f"{args.index}: {stats.items} items, {stats.vectors} image vectors ({types}); this run: "
           f"+{stats.added} added, {stats.updated} updated, {stats.removed} removed, {stats.unchanged} unchanged, "
-          f"{stats.duplicates} duplicates, {len(stats.skipped)} skipped")
-    for s in stats.skipped[:10]:
-        print(f"  skipped {s.source}: {s.reason}")
-    if len(stats.skipped) > 10:
-        print(f"  ... and {len(stats.skipped) - 10} more")
+          f"{stats.duplicates} duplicates, {len(stats.skipped)} skipped, "
+          f"{len(stats.caption_errors)} captions unreadable")
+    for what, items in (("skipped", stats.skipped), ("caption left out", stats.caption_errors)):
+        for s in items[:10]:
+            print(f"  {what} {s.source}: {s.reason}")
+        if len(items) > 10:
+            print(f"  ... and {len(items) - 10} more")
+    if stats.damaged:
+        shards = sorted({d.source.rsplit(":", 1)[0] for d in stats.damaged})
+        print(f"kontrast index: {len(stats.damaged)} damaged part(s) in {len(shards)} shard(s); their readable "
+              "samples are indexed, the rest was lost and they are not marked done (repair them and re-run):",
+              file=sys.stderr)
+        for d in stats.damaged[:10]:
+            print(f"  {d.reason}  [{d.source}]", file=sys.stderr)
+        return 1
     return 0

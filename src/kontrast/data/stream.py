@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import KontrastError
-from .sources import Record, Source, open_source
+from ..errors import ImageError, KontrastError
+from .sources import Record, Source, decode_caption, open_source
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +118,24 @@ class SampleDecoder:
 
 
 # ---------------------------------------------------------------------------------------------- indexed
-def load_records(spec: str | Sequence[str] | Source, caption_key: str | None = None) -> list[Record]:
+def load_records(spec: str | Sequence[str] | Source, caption_key: str | None = None,
+                 follow_symlinks: bool = True) -> list[Record]:
     """Every record of a source. Tar shards are read into memory (their bytes); folders and CSV files
     keep only paths (``data`` is None, ``meta["lazy"]``), read when a sample is decoded.
-    ``caption_key`` takes the caption from that json/CSV field instead of the txt / caption column."""
-    from .sources import CsvSource, FolderSource
+    ``caption_key`` takes the caption from that json/CSV field instead of the txt / caption column.
+    Training follows symlinks by default (it reads what the recipe names and serves nothing); a caption
+    that is not UTF-8 leaves its record without caption (skipped and counted when sampled)."""
+    from .sources import CsvSource, FolderSource, read_caption
 
-    source = spec if isinstance(spec, Source) else open_source(spec)
+    source = spec if isinstance(spec, Source) else open_source(spec, follow_symlinks=follow_symlinks)
     out: list[Record] = []
     if isinstance(source, FolderSource):
         for path in source.files:
-            txt = path.with_suffix(".txt")
-            caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
-            out.append(Record(path.relative_to(source.root).as_posix(), str(path), None, caption, {"lazy": True}))
+            caption, problem = read_caption(path.with_suffix(".txt"), source.root, source.follow_symlinks)
+            if problem:
+                log.info("no caption for %s: %s", path, problem)
+            out.append(Record(path.relative_to(source.root).as_posix(), str(path), None, caption, {"lazy": True},
+                              caption_error=problem))
     elif isinstance(source, CsvSource):
         import os
 
@@ -184,7 +189,7 @@ class PairDataset(torch.utils.data.Dataset):
                 try:
                     caption = caption_variant(record.caption, seed, self.decoder.augment.caption_head)
                     return self.decoder(data, seed), caption, skipped
-                except Exception as exc:  # noqa: BLE001 - any decode failure is one skipped sample
+                except ImageError as exc:  # a bad image is one skipped sample; other exceptions are bugs
                     log.info("skipping %s: %s", record.source, exc)
             else:
                 log.info("skipping %s: %s", record.source, record.error or "no caption")
@@ -309,15 +314,21 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
             if by_shard or i % slots == slot:
                 yield sample
 
-    def _caption(self, sample: dict) -> str | None:
+    def _caption(self, sample: dict) -> tuple[str | None, str | None]:
+        """``(caption, why there is none)`` of a sample: the json field ``caption_key``, else the txt member."""
         if self.caption_key and "json" in sample:
             import json
 
-            value = json.loads(sample["json"]).get(self.caption_key)
+            try:
+                value = json.loads(sample["json"]).get(self.caption_key)
+            except (ValueError, AttributeError) as exc:  # not JSON (or not UTF-8), or not an object
+                return None, f"unreadable json member: {exc}"
             if isinstance(value, str):
-                return value
+                return value, None
         txt = sample.get("txt")
-        return txt.decode("utf-8").strip() if isinstance(txt, bytes) else None
+        if not isinstance(txt, bytes):
+            return None, None
+        return decode_caption(txt)
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
@@ -335,16 +346,19 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
                 if idx < start:
                     continue  # resume: consumed before the checkpoint, not decoded
                 data = next((sample[k] for k in ("png", "jpg", "jpeg", "webp") if k in sample), None)
-                try:
-                    caption = self._caption(sample)
-                    if data is None or not caption:
-                        raise ValueError("no image or no caption")
+                caption, problem = self._caption(sample)
+                if data is None or not caption:
+                    problem = problem or "no image or no caption"
+                else:
                     seed = sample_seed(self.seed, n_pass, slot * 100_000_007 + idx)
-                    images.append(self.decoder(data, seed))
-                    captions.append(caption_variant(caption, seed, self.decoder.augment.caption_head))
-                except Exception as exc:  # noqa: BLE001 - a bad sample is skipped and counted
+                    try:
+                        images.append(self.decoder(data, seed))
+                        captions.append(caption_variant(caption, seed, self.decoder.augment.caption_head))
+                    except ImageError as exc:  # a bad image is skipped and counted; other exceptions are bugs
+                        problem = str(exc)
+                if problem is not None:
                     skipped += 1
-                    log.info("skipping %s: %s", sample.get("__key__"), exc)
+                    log.info("skipping %s: %s", sample.get("__key__"), problem)
                     continue
                 if len(images) == self.batch:
                     yield Batch(torch.stack(images), captions, skipped + self.errors.count, (logical, n_pass, idx + 1))

@@ -2,13 +2,22 @@
 
 Incremental rules (an *origin* is one folder, CSV file or shard given to ``kontrast index``):
 
-- folders / CSV files: a file whose (size, mtime) matches its row is skipped without being read; a new
-  file is added; a file whose size or mtime changed is re-read, and re-embedded if its sha256 or caption
-  changed (otherwise only its stat is updated); rows of the origin whose file is gone (or no longer
-  decodes) are deleted. Deletion only looks at the origins named in this run.
-- shards: a shard whose (size, mtime) matches a finished run is skipped; otherwise every member is
-  re-read, members are matched to rows by path (``<shard>:<member>``) and sha256, and rows of the shard
-  that are no longer in it are deleted.
+- folders / CSV files: a file whose (size, mtime) matches its row, and whose caption did not change (a
+  folder image's ``.txt`` by its own size and mtime, a CSV row's caption by its text), is skipped without
+  being read; a new file is added; any other is re-read, and re-embedded if its sha256 or caption changed
+  (otherwise only its stat is updated); rows of the origin whose file is gone (or no longer decodes, or
+  became a symlink out of the folder) are deleted. Deletion only looks at the origins named in this run.
+  ``verify=True`` (``kontrast index --verify``) re-hashes files whose stat matches, which finds a file
+  swapped for another of the same size with its mtime restored.
+- shards: a shard whose (size, mtime) matches a finished run is skipped (``verify`` re-reads it);
+  otherwise every member is re-read, members are matched to rows by path (``<shard>:<member>``) and
+  sha256, and rows of the shard that are no longer in it are deleted. A damaged shard (corrupt headers,
+  cut short: see ``data.sources``) keeps the rows it could not read, is reported in ``IndexStats.damaged``
+  and is not recorded as finished, so the next run reads it again.
+- captions that are not UTF-8 (or cannot be read) are left out of their row and counted
+  (``IndexStats.caption_errors``); the image is indexed.
+- only an image's own decode or I/O error (an ``ImageError``) skips it; any other exception stops the run
+  with its traceback, and no row is deleted because of it.
 - duplicates by content: an image whose sha256 is already indexed is recorded as an *alias* row (its path,
   caption and metadata, ``alias_of`` = the row holding the vector) but adds no image vector, so results
   never show the same picture twice; search results list the alias paths. The duplicate is detected
@@ -32,12 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from ..data.sources import CsvSource, FolderSource, Record, Source, TarSource, expand_paths
+from ..data.sources import Record, Source, TarSource
 from ..errors import KontrastError
 from ..pipeline import Skipped, embed_units
 from . import ann
 from .index import COLUMNS, LoadedAnn, SearchIndex, WriteLock
-from .store import Store, to_blob
+from .plan import Plan, open_sources, plan_files, plan_shards
+from .store import to_blob
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +62,8 @@ class IndexStats:
     removed: int = 0  # rows deleted (file gone, or no longer a readable image)
     duplicates: int = 0  # new or changed rows stored as aliases of identical content
     skipped: list[Skipped] = field(default_factory=list)  # unreadable images (not indexed)
+    damaged: list[Skipped] = field(default_factory=list)  # parts of shards that could not be read (retried next run)
+    caption_errors: list[Skipped] = field(default_factory=list)  # images indexed without their unreadable caption
     items: int = 0  # rows in the index afterwards
     vectors: int = 0  # image vectors in the index afterwards
     index_types: dict[str, str] = field(default_factory=dict)
@@ -76,17 +88,6 @@ class _HashingSource(Source):
                 record.meta = {**record.meta, "_sha256": hashlib.sha256(record.data).hexdigest(),
                                "_size": len(record.data)}
             yield record
-
-
-@dataclass
-class _Plan:
-    """One source's work: the filtered source, its units, and the stat of each planned file."""
-
-    source: Source
-    units: list[Any]
-    origin_of: Callable[[str], str]  # record path -> origin
-    stat: dict[str, tuple[int, int]]  # path -> (size, mtime_ns) at planning time
-    total: int | None  # planned images (None for shards: unknown before reading)
 
 
 class _Pending:
@@ -143,14 +144,14 @@ class IndexUpdater:
         return True
 
     def upsert(self, db, gen: int, path: str, origin: str, kind: str, meta: dict[str, Any], stat: tuple[int, int],
-               image_vec: np.ndarray, text_vec: np.ndarray | None) -> None:
+               image_vec: np.ndarray, text_vec: np.ndarray | None, caption_sig: str | None = None) -> None:
         """Insert or update the row of ``path`` (see the module docstring for duplicates)."""
         extra = dict(meta.get("meta") or {})
         sha = extra.pop("_sha256")
         extra.pop("_size", None)
         caption = meta.get("caption") or None
         fields = {"origin": origin, "kind": kind, "key": meta["key"], "size": stat[0], "mtime_ns": stat[1],
-                  "width": meta.get("width"), "height": meta.get("height"),
+                  "caption_sig": caption_sig, "width": meta.get("width"), "height": meta.get("height"),
                   "meta": json.dumps(extra, ensure_ascii=False, default=str) if extra else None}
         existing = db.execute("SELECT id, sha256, caption, alias_of FROM items WHERE path = ?", (path,)).fetchone()
         if existing is not None and existing["sha256"] == sha and existing["caption"] == caption:
@@ -234,96 +235,6 @@ class IndexUpdater:
         self.index.write_anns()
 
 
-# ------------------------------------------------------------------------------------------- planning
-def _stat(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
-def _known(store: Store, origin: str) -> dict[str, tuple[int, int]]:
-    return {r[0]: (r[1], r[2]) for r in store.db.execute("SELECT path, size, mtime_ns FROM items WHERE origin = ?",
-                                                          (origin,))}
-
-
-def _known_by_path(store: Store, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
-    out: dict[str, tuple[int, int]] = {}
-    for start in range(0, len(paths), 500):
-        chunk = list(paths[start: start + 500])
-        marks = ",".join("?" * len(chunk))
-        for r in store.db.execute(f"SELECT path, size, mtime_ns FROM items WHERE path IN ({marks})", chunk):
-            out[r[0]] = (r[1], r[2])
-    return out
-
-
-def _plan_files(store: Store, source: FolderSource | CsvSource, origin: str, commit_every: int,
-                stats: IndexStats) -> tuple[_Plan, list[str]]:
-    """Which files of a folder / CSV need (re-)embedding, and which rows of the origin are gone."""
-    if isinstance(source, FolderSource):
-        entries = [(str(p), p) for p in source.files]  # paths are absolute: the root was made absolute
-    else:
-        entries = [(os.path.abspath(r[source.path_column] if os.path.isabs(r[source.path_column])
-                                    else source.path.parent / r[source.path_column]), r) for r in source.rows]
-    known = _known(store, origin)
-    others = _known_by_path(store, [p for p, _ in entries if p not in known])
-    stat: dict[str, tuple[int, int]] = {}
-    keep, present = [], set()
-    for path, entry in entries:
-        st = _stat(path)
-        if st is None:
-            keep.append(entry)  # the pipeline reports it as skipped (file not found)
-            continue
-        present.add(path)
-        stat[path] = st
-        if (known.get(path) or others.get(path)) == st:
-            stats.unchanged += 1
-        else:
-            keep.append(entry)
-    if isinstance(source, FolderSource):
-        source.files = keep
-    else:
-        source.rows = keep
-    units = [(i, min(i + commit_every, len(keep))) for i in range(0, len(keep), commit_every)]
-    gone = [p for p in known if p not in present]
-    return _Plan(source, units, lambda _p: origin, stat, len(keep)), gone
-
-
-def _plan_shards(store: Store, shards: list[str], stats: IndexStats) -> _Plan:
-    done = {r[0]: (r[1], r[2]) for r in store.db.execute("SELECT path, size, mtime_ns FROM shards")}
-    todo, stat = [], {}
-    for shard in shards:
-        st = _stat(shard)
-        if st is not None and done.get(shard) == st:
-            stats.unchanged += int(store.db.execute("SELECT COUNT(*) FROM items WHERE origin = ?", (shard,)).fetchone()[0])
-            continue
-        todo.append(shard)
-        stat[shard] = st or (0, 0)
-    source = TarSource(todo)
-    return _Plan(source, list(todo), lambda p: p.rsplit(":", 1)[0], stat, None)
-
-
-def _open_sources(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Source | list[str]]]:
-    """``[(origin, FolderSource | CsvSource), ..., ("shards", [shard paths])]`` with absolute paths."""
-    out: list[tuple[str, Any]] = []
-    shards: list[str] = []
-    for spec in paths:
-        expanded = [os.path.abspath(p) for p in expand_paths(os.path.expanduser(os.fspath(spec)))]
-        for path in expanded:
-            if os.path.isdir(path):
-                out.append((path, FolderSource(path)))
-            elif path.lower().endswith((".csv", ".tsv")):
-                out.append((path, CsvSource(path)))
-            elif path.endswith((".tar", ".tar.gz", ".tgz")):
-                shards.append(path)
-            else:
-                raise KontrastError(f"{path}: not a folder, a .csv file or a .tar shard")
-    if shards:
-        out.append(("shards", sorted(dict.fromkeys(shards))))
-    return out
-
-
 # ------------------------------------------------------------------------------------------- the run
 def update_index(
     folder: str | os.PathLike,
@@ -338,12 +249,16 @@ def update_index(
     commit_every: int = 256,
     checkpoint_seconds: float = 60.0,
     progress: Callable[[int, int | None], None] | None = None,
+    verify: bool = False,
+    follow_symlinks: bool = False,
 ) -> IndexStats:
     """Create or update the index in ``folder`` from ``paths`` (folders, CSV files, shards).
 
     ``tokenizer`` given: captions are embedded too (for ``--captions`` search). ``index_type``: auto,
     flat, ivf or hnsw (None keeps the index's current choice). ``progress(n, total)`` is called with the
     images done since the last call and the planned total of the current source (None for shards).
+    ``verify``: re-hash files (and re-read shards) whose size and mtime match their rows.
+    ``follow_symlinks``: read symlinks that lead out of the folders (see ``data.sources``).
     Refuses (``ModelMismatchError``) a model whose fingerprint differs from the index's.
     """
     from ..api import fingerprint
@@ -352,7 +267,7 @@ def update_index(
         raise KontrastError(f"--index-type {index_type!r} is not one of {', '.join(ann.INDEX_TYPES)}")
     if commit_every < 1:
         raise KontrastError(f"commit_every={commit_every} must be >= 1")
-    sources = _open_sources(paths)
+    sources = open_sources(paths, follow_symlinks)
     stats = IndexStats()
     fp = fingerprint(model)
     with WriteLock(folder):
@@ -367,9 +282,10 @@ def update_index(
         last_write = time.monotonic()
         for origin, src in sources:
             if isinstance(src, list):
-                plan, gone = _plan_shards(index.store, src, stats), []
+                (plan, unchanged), gone = plan_shards(index.store, src, verify), []
             else:
-                plan, gone = _plan_files(index.store, src, origin, commit_every, stats)
+                plan, gone, unchanged = plan_files(index.store, src, origin, commit_every, verify)
+            stats.unchanged += unchanged
             if gone:
                 with index.store.transaction() as db:
                     gen = index.store.bump_generation(db)
@@ -392,9 +308,10 @@ def update_index(
     return stats
 
 
-def _commit_unit(index: SearchIndex, updater: IndexUpdater, plan: _Plan, result) -> None:
+def _commit_unit(index: SearchIndex, updater: IndexUpdater, plan: Plan, result) -> None:
     """One unit's rows in one transaction (with the generation bump), then the in-memory FAISS update."""
     is_shard = isinstance(plan.source, TarSource)
+    damaged = result.damaged
     with index.store.transaction() as db:
         gen = index.store.bump_generation(db)
         seen: set[str] = set()
@@ -404,16 +321,23 @@ def _commit_unit(index: SearchIndex, updater: IndexUpdater, plan: _Plan, result)
             origin = plan.origin_of(path)
             stat = (meta["meta"]["_size"], plan.stat[origin][1]) if is_shard else plan.stat.get(path, (0, 0))
             text_vec = result.text_embeddings[i] if result.text_embeddings is not None else None
-            updater.upsert(db, gen, path, origin, plan.source.kind, meta, stat, result.image_embeddings[i], text_vec)
+            updater.upsert(db, gen, path, origin, plan.source.kind, meta, stat, result.image_embeddings[i], text_vec,
+                           plan.caption_sig.get(path))
+        updater.stats.caption_errors.extend(result.caption_errors)
         for skipped in result.skipped:
+            if skipped.incomplete_unit:
+                updater.stats.damaged.append(skipped)
+                continue
             updater.stats.skipped.append(skipped)
             if not is_shard:
                 updater.delete(db, os.path.abspath(skipped.source), gen)
-        if is_shard:
+        if is_shard and not damaged:  # a damaged shard keeps the rows it could not read, and is read again
             shard = result.unit
             for (path,) in db.execute("SELECT path FROM items WHERE origin = ?", (shard,)).fetchall():
                 if path not in seen:
                     updater.delete(db, path, gen)
             st = plan.stat[shard]
             db.execute("INSERT OR REPLACE INTO shards(path, size, mtime_ns) VALUES (?, ?, ?)", (shard, st[0], st[1]))
+        elif is_shard:
+            db.execute("DELETE FROM shards WHERE path = ?", (result.unit,))
     updater.apply_pending()

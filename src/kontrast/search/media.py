@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from ..data.sources import open_tar
 from ..errors import ImageError, KontrastError
 from .decode import DecodeGate
 
@@ -82,7 +83,7 @@ class _ShardMembers:
                     if fh is None:
                         raise FileNotFoundError(member)
                     return fh.read()
-            with tarfile.open(shard, "r:") as tar:
+            with open_tar(shard, stream=False) as tar:  # past a corrupt header too, as the indexer read it
                 members = {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
             with self._lock:
                 self._maps[shard] = members
@@ -108,7 +109,7 @@ class MediaReader:
 
     def _reindex_hint(self, row: dict[str, Any]) -> str:
         where = row["path"].rsplit(":", 1)[0] if row["kind"] == "webdataset" else row["origin"]
-        return f"re-run: kontrast index {where} --index {self.index_folder}"
+        return f"re-run: kontrast index {where} --index {self.index_folder} --verify"
 
     def original(self, row: dict[str, Any]) -> tuple[bytes, str]:
         """``(bytes, media type)`` of the indexed image; ``StaleItemError`` when gone or changed."""
@@ -124,7 +125,8 @@ class MediaReader:
             raise StaleItemError(f"item {row['id']} is no longer readable ({type(exc).__name__}); "
                                  f"{self._reindex_hint(row)}") from None
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
-            raise StaleItemError(f"item {row['id']} changed since it was indexed; {self._reindex_hint(row)}")
+            raise StaleItemError(f"item {row['id']} changed since it was indexed (its size and time may look the "
+                                 f"same: --verify re-hashes the files); {self._reindex_hint(row)}")
         try:
             fmt = Image.open(io.BytesIO(data)).format
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):

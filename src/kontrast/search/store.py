@@ -13,7 +13,8 @@ Tables:
   file, or of the shard), ``width``, ``height``, ``caption``, ``meta`` (JSON), ``alias_of`` (duplicate
   content: the id of the row that holds the vector; such rows have no image vector), ``gen`` (generation
   in which the row's vectors were last written), ``image_vec`` / ``text_vec`` (float32 blobs; ``text_vec``
-  is the caption's embedding, NULL without caption).
+  is the caption's embedding, NULL without caption), ``caption_sig`` (``"size:mtime_ns"`` of a folder
+  image's caption file, NULL without one: a caption edited on its own is noticed; schema 2).
 - ``removed(id, gen)``: ids whose vectors were dropped or replaced at ``gen``; a FAISS file older than
   ``gen`` still holds them (purged once a newer FAISS file is written).
 - ``shards(path, size, mtime_ns)``: shards fully indexed, to skip unchanged ones on the next run.
@@ -32,8 +33,10 @@ import numpy as np
 
 from ..errors import KontrastError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "index.sqlite"
+# Statements that bring a database from schema N to N + 1 (run by a writer; readers accept any listed version).
+_MIGRATIONS = {1: ["ALTER TABLE items ADD COLUMN caption_sig TEXT"]}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,7 +56,8 @@ CREATE TABLE IF NOT EXISTS items (
     alias_of INTEGER,
     gen INTEGER NOT NULL,
     image_vec BLOB,
-    text_vec BLOB
+    text_vec BLOB,
+    caption_sig TEXT
 );
 CREATE INDEX IF NOT EXISTS items_sha ON items(sha256);
 CREATE INDEX IF NOT EXISTS items_origin ON items(origin);
@@ -84,21 +88,48 @@ class Store:
     def __init__(self, folder: str | Path, create: bool = False, readonly: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / DB_NAME
+        if self.folder.exists() and not self.folder.is_dir():
+            raise KontrastError(f"{self.folder} is a file, not an index folder; give a folder (--index NEW_DIR "
+                                "creates one)")
         if not self.path.is_file() and not create:
             raise KontrastError(f"{self.folder} is not a kontrast search index (no {DB_NAME}); "
                                 "build one with: kontrast index PATH --index DIR")
         self.readonly = readonly
         self._local = threading.local()
-        if create:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits by itself
-            if self.get_info("schema") is None:
-                with self.transaction() as db:
-                    self._set(db, "schema", SCHEMA_VERSION)
-                    self._set(db, "generation", 0)
-        schema = self.get_info("schema")
-        if schema is None or int(schema) != SCHEMA_VERSION:
-            raise KontrastError(f"{self.path}: index schema {schema} is not {SCHEMA_VERSION}; rebuild the index")
+        try:
+            if create:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fresh = self.get_info_if_table("schema") is None
+                if fresh:
+                    self.db.executescript(_SCHEMA)  # executescript commits by itself
+                    with self.transaction() as db:
+                        self._set(db, "schema", SCHEMA_VERSION)
+                        self._set(db, "generation", 0)
+            schema = self.get_info("schema")
+            if schema is not None and not readonly:
+                schema = self._migrate(int(schema))
+        except sqlite3.DatabaseError as exc:
+            raise KontrastError(f"{self.path} is not a readable index database ({exc}); move it away and "
+                                "rebuild the index") from None
+        if schema is None or not 1 <= int(schema) <= SCHEMA_VERSION:
+            raise KontrastError(f"{self.path}: index schema {schema} is not one this kontrast reads "
+                                f"(1..{SCHEMA_VERSION}); rebuild the index")
+
+    def get_info_if_table(self, key: str) -> str | None:
+        """``get_info`` on a database that may not have its tables yet."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'info'").fetchone() is None:
+            return None
+        return self.get_info(key)
+
+    def _migrate(self, schema: int) -> int:
+        """Bring the database up to ``SCHEMA_VERSION`` (writers only), one transaction per step."""
+        while schema < SCHEMA_VERSION:
+            with self.transaction() as db:
+                for statement in _MIGRATIONS[schema]:
+                    db.execute(statement)
+                schema += 1
+                self._set(db, "schema", schema)
+        return schema
 
     # ---------------------------------------------------------------------------------- connections
     @property

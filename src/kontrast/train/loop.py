@@ -97,7 +97,7 @@ def build_train_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_s
     from ..data import stream
     from ..data.sources import TarSource, open_source
 
-    source = open_source(cfg.train_data)
+    source = open_source(cfg.train_data, follow_symlinks=True)  # training reads what the recipe names
     mode = cfg.data_mode
     if mode == "auto":
         mode = "indexed"

@@ -14,6 +14,7 @@ def _val_set(trainer: Any, spec) -> tuple[torch.Tensor, list[str]]:
     cached = getattr(trainer, "_val_cache", None)
     if cached is not None:
         return cached
+    from ..errors import ImageError
     from ..preprocess import Preprocess
 
     v = trainer.model.config.vision
@@ -22,9 +23,12 @@ def _val_set(trainer: Any, spec) -> tuple[torch.Tensor, list[str]]:
     for r in load_records(spec, trainer.cfg.caption_key):
         if not r.caption:
             continue
+        data = record_bytes(r)
+        if data is None:
+            continue
         try:
-            images.append(pre(record_bytes(r)))
-        except Exception:  # noqa: BLE001 - a bad validation image is skipped
+            images.append(pre(data))
+        except ImageError:  # a bad validation image is skipped; other exceptions are bugs
             continue
         captions.append(r.caption)
     trainer._val_cache = (torch.stack(images), captions)
