@@ -107,7 +107,7 @@ def build_train_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_s
     if mode == "indexed":
         records = stream.load_records(source, cfg.caption_key)
         steps_per_epoch = len(records) // cfg.batch_size
-        total = cfg.steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
+        total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         loader = stream.indexed_loader(records, decoder, cfg.batch_size, cfg.seed, start_step, total,
                                        info.rank, info.world_size, cfg.workers)
         return iter(loader), total, steps_per_epoch
@@ -115,7 +115,7 @@ def build_train_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_s
         raise KontrastError("data_mode 'stream' needs tar shards; use 'indexed' for folders and CSV files")
     n = stream.count_tar_samples(source.shards)
     steps_per_epoch = max(1, n // cfg.batch_size)
-    total = cfg.steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     ds = stream.WebDatasetStream(source.shards, decoder, cfg.batch_size // info.world_size, cfg.seed, info.rank,
                                  info.world_size, cfg.workers, cfg.shuffle_buffer, start_step, cfg.caption_key,
                                  stream_state)
@@ -171,6 +171,8 @@ class Trainer:
         self.batches, self.total_steps, self.steps_per_epoch = build_train_data(self.model, cfg, self.info, self.step,
                                                                                 self.stream_state)
         self.schedule = CosineSchedule(self.optimizer, cfg.lr, cfg.warmup, self.total_steps, cfg.min_lr)
+        if state is not None:
+            self._resume_schedule(state)
         self.skipped = int(state.get("skipped", 0)) if state else 0
         self.val = None
         self.metrics = None
@@ -182,6 +184,18 @@ class Trainer:
                                         "world_size": self.info.world_size}
             (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n", encoding="utf-8")
             self.metrics = MetricsWriter(self.run_dir, cfg.tensorboard, resume_step=self.step if state else None)
+
+    def _resume_schedule(self, state: dict[str, Any]) -> None:
+        """Continue the saved learning-rate schedule, and say so when this run's config differs from the saved one."""
+        changed = ckpt_io.config_differences(state.get("train_config"), self.cfg.to_dict())
+        if "schedule" in state:
+            self.schedule.load_state_dict(state["schedule"])
+        if changed:
+            s = self.schedule
+            log.warning("resuming step %d with a training config that differs from the checkpoint's (%s); the model, "
+                        "optimiser and RNG states come from the checkpoint, and so does the learning-rate schedule "
+                        "(lr %g, warmup %d, min_lr %g, %d steps)", self.step, "; ".join(changed), s.base_lr, s.warmup,
+                        s.min_lr, s.total)
 
     # ---- encoding -------------------------------------------------------------------------------------
     def _autocast(self):
