@@ -1,6 +1,6 @@
 """Benchmark: one contrastive training step (forward, loss, backward, clip, AdamW), kontrast beside open_clip.
 
-Run:  python benchmarks/train.py [--batch 64] [--steps 10] [--precision bf16] [--threads 1]
+Run:  python benchmarks/train.py [--batch 64] [--steps 10] [--precision auto|bf16|fp32] [--threads 1]
       /work/peers/bin/python benchmarks/train.py ...   # an environment where ``import open_clip`` works
 
 Config (the same for both): embed 256; image tower ViT 64 px, patch 8, width 192, 4 layers, head width 64;
@@ -11,6 +11,9 @@ warm-up steps; peak memory is ``ru_maxrss`` at the end (whole process) and its g
 kontrast's step is ``Trainer.train_step`` (the real loop code: tokenisation, encoders, loss, gradient
 clipping, AdamW, temperature clamp). open_clip's is ``open_clip.CLIP`` + ``open_clip.ClipLoss`` with the same
 AdamW groups, autocast and clipping. Without open_clip the table says it was skipped and why.
+``--precision auto`` (the default, as in a recipe) is resolved once by ``kontrast.cpu.train_precision``: bf16
+autocast where the CPU has native bf16, fp32 elsewhere; both libraries then run that precision. The CPU's
+instruction sets (and any ISA switch such as ``ONEDNN_MAX_CPU_ISA``) are printed above the table.
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--worker", choices=["kontrast", "open_clip"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -133,11 +136,18 @@ def main() -> int:
         out = run_kontrast(args) if args.worker == "kontrast" else run_open_clip(args)
         print(json.dumps(out))
         return 0
+    from kontrast.cpu import cpu_model, isa_label, train_precision
+
+    requested = args.precision
+    args.precision = train_precision(requested, torch.device("cpu"))
     flags = ["--batch", str(args.batch), "--steps", str(args.steps), "--precision", args.precision, "--threads", str(args.threads)]
-    print(f"training step, batch {args.batch}, {args.precision}, {args.threads} thread(s), median of {args.steps} steps")
+    print(f"training step, batch {args.batch}, {args.precision} (requested {requested}), {args.threads} thread(s), "
+          f"median of {args.steps} steps")
+    print(f"CPU: {cpu_model()}, {isa_label()}")
     print(f"{'library':10s} {'samples/s':>10s} {'step ms':>8s} {'peak RSS MB':>12s} {'growth MB':>10s}")
     for name in ("kontrast", "open_clip"):
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, *flags], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, "--worker", name, *flags], check=False, capture_output=True,
+                              text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode or not lines:
             print(f"{name:10s} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -94,3 +94,27 @@ def test_signature_follows_isa_switches(monkeypatch):
     assert cpu.signature() != base
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in cpu.isa_label()
 
+
+
+TRAIN_SCRIPT = r"""
+import json, torch
+from kontrast.cpu import native_bf16, train_precision
+from kontrast.train.config import TrainConfig
+print(json.dumps({"default": TrainConfig().precision, "native": native_bf16(),
+                  "auto": train_precision(TrainConfig().precision, torch.device("cpu"))}))
+"""
+
+
+def test_training_default_precision_follows_the_cpu():
+    """A recipe's default precision is bf16 autocast only where bf16 is native: fp32 on an AVX2 CPU (where bf16
+    autocast trains ~15x slower), bf16 on a CPU with AVX512_BF16/AMX."""
+    results = {}
+    for label, extra in (("narrow", NARROW), ("this", {})):
+        env = {**{k: v for k, v in os.environ.items() if k not in NARROW}, **extra}
+        proc = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], check=False, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results["narrow"] == {"default": "auto", "native": False, "auto": "fp32"}
+    this = results["this"]
+    assert this["auto"] == ("bf16" if this["native"] else "fp32")

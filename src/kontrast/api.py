@@ -78,12 +78,21 @@ def load(
     """``(model, preprocess, tokenizer)`` from a checkpoint path, ``"default"``, ``"hf-hub:owner/repo"``,
     or an architecture name (with ``pretrained=`` a registry tag; without, fresh weights and a warning).
 
-    ``precision`` is ``"fp32"``, ``"bf16"`` or ``"fp16"`` (weights are stored in that dtype);
+    ``precision`` is ``"fp32"``, ``"bf16"`` or ``"fp16"`` (weights are stored in that dtype), or ``"auto"``: the
+    fastest of fp32 / bf16 / onnx fp32 / onnx int8 whose features stay within 0.999 cosine of fp32, measured
+    once per machine and model (``kontrast.auto``; it may return an onnxruntime model);
     ``image_size`` loads the image tower at another resolution (position embeddings interpolated);
     ``quick_gelu`` forces the activation where a checkpoint does not say it.
     ``backend="onnx"`` runs both towers in onnxruntime (``precision`` ``"fp32"``, or ``"int8"`` for
     dynamically quantised graphs); ``name_or_path`` may then also be a ``kontrast export --onnx`` folder.
     """
+    if precision == "auto":  # the fastest path within 0.999 cosine of fp32, measured once per machine and model
+        from .auto import select
+
+        model, preprocess, tokenizer = load(name_or_path, pretrained, device, "fp32", image_size, quick_gelu,
+                                            "torch", cache_dir)
+        chosen, _ = select(model, preprocess, tokenizer, backends=("onnx",) if backend == "onnx" else ("torch", "onnx"))
+        return chosen, preprocess, tokenizer
     if backend == "onnx":  # onnxruntime towers; exported once into a cache keyed by the fingerprint
         if str(device) != "cpu":
             raise KontrastError(f"backend='onnx' runs on the CPU; drop device={str(device)!r} or use backend='torch'")
@@ -94,7 +103,7 @@ def load(
     if backend != "torch":
         raise KontrastError(f"backend {backend!r} is not one of: torch, onnx")
     if precision not in PRECISIONS:
-        raise KontrastError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise KontrastError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
     name = os.fspath(name_or_path)
     ckpt: formats.Checkpoint | None = None
     if name == DEFAULT_MODEL_NAME:
@@ -209,6 +218,18 @@ def _finish(model: CLIP, precision: str, device, preprocess_cfg: dict[str, Any] 
     from .preprocess import Preprocess
 
     model.eval()
+    cast_model(model, precision, device)
+    _log_inference_path(model)
+    mean, std = model.config.vision.mean, model.config.vision.std
+    if preprocess_cfg:
+        mean = tuple(preprocess_cfg.get("mean", mean))
+        std = tuple(preprocess_cfg.get("std", std))
+    preprocess = Preprocess(model.image_size, mean=mean, std=std)
+    return model, preprocess, get_tokenizer(model)
+
+
+def cast_model(model: CLIP, precision: str, device: str | torch.device = "cpu") -> CLIP:
+    """Store ``model`` in ``precision`` on ``device`` in place (the temperature stays float32)."""
     if precision != "fp32":
         fingerprint(model)  # identify the weights as stored, before the cast
     model.to(device=device, dtype=PRECISIONS[precision])
@@ -217,13 +238,7 @@ def _finish(model: CLIP, precision: str, device, preprocess_cfg: dict[str, Any] 
         if model.logit_bias is not None:
             model.logit_bias.data = model.logit_bias.data.float()
     model.precision = precision
-    _log_inference_path(model)
-    mean, std = model.config.vision.mean, model.config.vision.std
-    if preprocess_cfg:
-        mean = tuple(preprocess_cfg.get("mean", mean))
-        std = tuple(preprocess_cfg.get("std", std))
-    preprocess = Preprocess(model.image_size, mean=mean, std=std)
-    return model, preprocess, get_tokenizer(model)
+    return model
 
 
 def _log_inference_path(model: CLIP) -> None:

@@ -177,3 +177,24 @@ def inference_path(dtype: torch.dtype) -> str:
         return (f"bf16 through PyTorch's emulated bf16 kernels, several times slower than fp32 ({isa}); "
                 "precision='auto' picks the fastest accurate path")
     return f"{dtype} through PyTorch's CPU kernels ({isa})"
+
+
+def train_precision(requested: str, device: torch.device) -> str:
+    """The autocast precision a training run uses: ``"auto"`` is bf16 where bf16 is native (a CUDA GPU that
+    supports it, a CPU with AVX512_BF16/AMX) and fp32 elsewhere. bf16 autocast on a CPU without native bf16 runs
+    through emulated kernels, an order of magnitude slower than fp32 (measured 3.4 vs 50 samples/s on an
+    AVX2 CPU by ``benchmarks/train.py``): an explicit ``"bf16"`` there is kept but warned about once."""
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        bf16 = native_bf16()
+    else:
+        bf16 = False
+    if requested == "auto":
+        chosen = "bf16" if bf16 else "fp32"
+        log.info("training precision auto -> %s (%s)", chosen, isa_label() if device.type == "cpu" else device.type)
+        return chosen
+    if requested == "bf16" and device.type == "cpu" and not bf16:
+        log.warning("precision bf16 on a CPU without native bf16 (%s) trains many times slower than fp32; "
+                    "use precision: auto (or fp32)", isa_label())
+    return requested

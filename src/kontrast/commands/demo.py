@@ -15,7 +15,7 @@ def register(subparsers) -> None:
                                           "embedded default one unless --model), offline; writes DIR/report.html.")
     p.add_argument("--out", metavar="DIR", default="kontrast-demo", help="folder for report.html and report.json (default: ./kontrast-demo)")
     p.add_argument("--model", metavar="M", default="default", help="checkpoint path or name (default: the embedded default model)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
     p.add_argument("--device", default="cpu")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the report path")
     p.set_defaults(func=run)

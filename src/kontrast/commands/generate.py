@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     init = load_init_image(args.init, (height, width)) if args.init else None
 
     torch.manual_seed(args.seed)
-    model, _, tokenizer = load_model(args)
+    model, _, tokenizer = load_model(args, torch_only=True)  # guidance needs gradients through the towers
     bar = tqdm(total=config.steps, desc="generate", unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def progress(info) -> None:

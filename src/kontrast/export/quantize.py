@@ -21,8 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class _DropAdvice(logging.Filter):
+    """Drops what the quantiser logs on the root logger below WARNING (per-tensor notes, generic advice)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
+        return record.name != "root" or (record.levelno >= logging.WARNING
+                                         and "pre-processing before quantization" not in record.getMessage())
 
 
 def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: bool = True) -> Path:

@@ -228,9 +228,16 @@ def export_cached(name_or_path: str | os.PathLike, **load_kwargs: Any) -> Path:
     A randomly initialised model (an architecture name without weights) goes to a temporary folder
     instead (``TEMP_PREFIX``), which ``load_onnx`` removes once the sessions are built.
     """
-    from ..api import fingerprint, load
+    from ..api import load
 
     torch_model, preprocess, _ = load(name_or_path, precision="fp32", **load_kwargs)
+    return export_model_cached(torch_model, preprocess)
+
+
+def export_model_cached(torch_model: CLIP, preprocess: Any = None) -> Path:
+    """``export_cached`` for a model already loaded in PyTorch (the export is keyed by its fingerprint)."""
+    from ..api import fingerprint
+
     pre = {"mean": list(preprocess.mean), "std": list(preprocess.std)} if hasattr(preprocess, "mean") else None
     if getattr(torch_model, "checkpoint_path", None) is None:
         temporary = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))

@@ -54,7 +54,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     grad_clip: float | None = 1.0
-    precision: str = "bf16"  # autocast dtype: "bf16" or "fp32"
+    precision: str = "auto"  # autocast dtype: "bf16", "fp32", or "auto" (bf16 only where the CPU/GPU has native bf16)
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads per process
@@ -173,8 +173,8 @@ def validate(cfg: TrainConfig) -> None:
         raise KontrastError("no model: set model (architecture, checkpoint or 'default') or model_config")
     if cfg.loss not in ("clip", "siglip"):
         raise KontrastError(f"loss {cfg.loss!r} is not one of: clip, siglip")
-    if cfg.precision not in ("bf16", "fp32"):
-        raise KontrastError(f"precision {cfg.precision!r} is not one of: bf16, fp32")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise KontrastError(f"precision {cfg.precision!r} is not one of: auto, bf16, fp32")
     if cfg.data_mode not in ("auto", "indexed", "stream"):
         raise KontrastError(f"data_mode {cfg.data_mode!r} is not one of: auto, indexed, stream")
     if cfg.batch_size < 2 or cfg.accum_steps < 1 or cfg.batch_size % cfg.accum_steps:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..cpu import train_precision
 from ..errors import KontrastError
 from . import checkpoint as ckpt_io
 from .config import TrainConfig, validate
@@ -136,6 +137,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.output)
         self.device = torch.device(self.info.device)
+        self.precision = train_precision(cfg.precision, self.device)  # "auto" follows the CPU/GPU
         state = ckpt_io.load_checkpoint(ckpt_io.resolve_resume(resume, self.run_dir)) if resume else None
         torch.manual_seed(cfg.seed)
         if state is not None:
@@ -181,6 +183,7 @@ class Trainer:
             import json
 
             resolved = cfg.to_dict() | {"model_config_resolved": self.model.config.to_dict(), "total_steps": self.total_steps,
+                                        "precision_resolved": self.precision,
                                         "world_size": self.info.world_size}
             (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n", encoding="utf-8")
             self.metrics = MetricsWriter(self.run_dir, cfg.tensorboard, resume_step=self.step if state else None)
@@ -199,7 +202,7 @@ class Trainer:
 
     # ---- encoding -------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.cfg.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
