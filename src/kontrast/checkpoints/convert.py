@@ -190,4 +190,8 @@ def infer_config(sd: dict[str, torch.Tensor], act: str = "quick_gelu") -> ModelC
             vision = VisionConfig(image_size=spatial * 32, layers=tuple(counts), width=width, patch_size=None, act=act)
     except KeyError as exc:
         raise KeyError(f"cannot infer the architecture: tensor {exc.args[0]!r} is missing") from exc
+    except (IndexError, ValueError, ZeroDivisionError) as exc:  # a tensor of the wrong rank or size
+        shapes = ", ".join(f"{k} {tuple(sd[k].shape)}" for k in ("text_projection", "ln_final.weight",
+                                                                 "positional_embedding") if k in sd)
+        raise KeyError(f"cannot infer the architecture: tensor shapes do not fit a CLIP model ({shapes})") from exc
     return ModelConfig(embed_dim=embed_dim, vision=vision, text=text)

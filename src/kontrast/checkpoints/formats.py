@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
@@ -47,6 +47,26 @@ class Checkpoint:
     preprocess: dict[str, Any] | None = None
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A config file that must hold a JSON object; ``CheckpointError`` (one line) for anything else."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object ({{...}}) with the model config, found a "
+                              f"{type(raw).__name__}")
+    return raw
+
+
+def _safetensors_metadata(p: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{p}: not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
+
+
 def detect(path: str | os.PathLike) -> str:
     """Name of the format at ``path`` (file or folder); raises ``CheckpointError`` if none fits."""
     p = Path(path)
@@ -68,9 +88,7 @@ def detect(path: str | os.PathLike) -> str:
             return "open_clip"
         if p.name in HF_WEIGHTS and (p.parent / "config.json").is_file():
             return "hf"
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        return "kontrast" if "kontrast_config" in meta else "state_dict"
+        return "kontrast" if "kontrast_config" in _safetensors_metadata(p) else "state_dict"
     if p.name in OPEN_CLIP_WEIGHTS and (p.parent / OPEN_CLIP_CONFIG).is_file():
         return "open_clip"
     if p.name in HF_WEIGHTS and (p.parent / "config.json").is_file():
@@ -97,11 +115,15 @@ def read(path: str | os.PathLike) -> Checkpoint:
 def _read_kontrast(p: Path) -> Checkpoint:
     if p.is_dir():
         weights = p / KONTRAST_WEIGHTS
-        config = json.loads((p / KONTRAST_CONFIG).read_text())
+        config = read_json_object(p / KONTRAST_CONFIG)
     else:
         weights = p
-        with safe_open(str(p), framework="pt") as f:
-            config = json.loads((f.metadata() or {})["kontrast_config"])
+        try:
+            config = json.loads(_safetensors_metadata(p)["kontrast_config"])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{p}: the kontrast_config in its metadata is not JSON ({exc})") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{p}: the kontrast_config in its metadata is not a JSON object")
     if not weights.is_file():
         raise CheckpointError(f"{p}: {KONTRAST_WEIGHTS} is missing")
     config = dict(config)
@@ -114,7 +136,7 @@ def _read_open_clip(p: Path) -> Checkpoint:
     cfg_path = folder / OPEN_CLIP_CONFIG
     config, preprocess = None, None
     if cfg_path.is_file():
-        raw = json.loads(cfg_path.read_text())
+        raw = read_json_object(cfg_path)
         config = ModelConfig.from_dict(raw.get("model_cfg", raw))
         preprocess = raw.get("preprocess_cfg")
     weights = p if p.is_file() else next((folder / w for w in OPEN_CLIP_WEIGHTS if (folder / w).is_file()), None)
@@ -125,7 +147,7 @@ def _read_open_clip(p: Path) -> Checkpoint:
 
 def _read_hf(p: Path) -> Checkpoint:
     folder = p if p.is_dir() else p.parent
-    raw = json.loads((folder / "config.json").read_text())
+    raw = read_json_object(folder / "config.json")
     if raw.get("model_type") not in (None, "clip"):
         raise CheckpointError(f"{folder}/config.json: model_type {raw.get('model_type')!r} is not a CLIP model")
     weights = p if p.is_file() else next((folder / w for w in HF_WEIGHTS if (folder / w).is_file()), None)

@@ -24,7 +24,7 @@ from ..errors import CheckpointError
 from ..models.siglip import SigLIP, SigLIPConfig
 from ..preprocess import Preprocess
 from . import siglip_convert, siglip_formats
-from .formats import _atomic, _contiguous
+from .formats import _atomic, _contiguous, read_json_object
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 _HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
@@ -45,10 +45,7 @@ def detect(path: str | os.PathLike) -> str | None:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not readable JSON ({exc})") from exc
+    return read_json_object(path)  # a JSON object, else one line naming the file
 
 
 def _weights(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:

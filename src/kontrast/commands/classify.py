@@ -34,6 +34,7 @@ def register(subparsers) -> None:
                    help="labels over the context length: cut them (with a warning) or average overlapping windows")
     p.add_argument("--batch-size", type=int, default=32, help="images encoded at once")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the classifier cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while the label prompts are embedded")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import ImageError, KontrastError
-    from ..zeroshot import build_classifier, classify, top_k
+    from ..zeroshot import build_classifier, classify, load_templates, top_k
 
     if args.top_k < 1:
         raise KontrastError(f"--top-k {args.top_k}: give a positive number")
@@ -91,10 +92,26 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise KontrastError(f"no images found in {', '.join(args.images)} (looked for .png .jpg .jpeg .webp ...)")
     model, preprocess, tokenizer = load_model(args)
+    n_prompts = len(labels) * len(load_templates(args.templates))
+    bar = None
+
+    def progress(n: int) -> None:  # the bar appears only when prompts are embedded (not on a cache hit)
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_prompts, unit="prompt", desc="embedding label prompts", file=sys.stderr,
+                       dynamic_ncols=True, disable=args.no_progress)
+        bar.update(n)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        weights = build_classifier(model, tokenizer, labels, templates=args.templates, long_text=args.long_text,
-                                   cache=not args.no_cache)
+        try:
+            weights = build_classifier(model, tokenizer, labels, templates=args.templates, long_text=args.long_text,
+                                       cache=not args.no_cache, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
     for w in caught:
         print(f"kontrast classify: warning: {w.message}", file=sys.stderr)
 
