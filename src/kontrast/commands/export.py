@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  max |onnxruntime - torch|, batch 1 and 3: image {diffs['image']:.2e}, text {diffs['text']:.2e}")
         if args.int8:
             diffs = verify_onnx(model, folder, precision="int8")  # quantises on first use, next to the fp32 graphs
-            files = ", ".join(sorted(p.name for p in Path(folder).glob("*.int8.onnx")))
+            files = ", ".join(sorted(p.name for p in Path(folder).glob("*.int8-*.onnx")))
             print(f"  int8: {files}; max |int8 - torch fp32|: image {diffs['image']:.2e}, text {diffs['text']:.2e}")
     if args.out:
         out = save(model, args.out) if args.format == "kontrast" else export(model, args.out, format=args.format)

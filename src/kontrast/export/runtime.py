@@ -34,7 +34,8 @@ from .onnx_export import MANIFEST, export_onnx, read_manifest
 log = logging.getLogger(__name__)
 
 ONNX_PRECISIONS = ("fp32", "int8")
-INT8_SUFFIX = ".int8.onnx"
+INT8_SUFFIX = ".int8-{scheme}.onnx"  # s8 or u8 weights, see kontrast.export.quantize.int8_scheme
+TEXT_FLOAT_BLOCKS = (0,)  # text-tower blocks kept float32 under int8 (see kontrast.export.quantize)
 TEMP_PREFIX = "kontrast-onnx-tmp-"
 
 
@@ -150,8 +151,9 @@ def ensure_precision(folder: Path, manifest: dict[str, Any], precision: str) -> 
     (next to the float32 ones, or in the cache when the export folder is read-only).
 
     A Hugging Face text tower stays float32 under ``"int8"``: dynamically quantised, the packaged MiniLM
-    encoder drifts to a cosine similarity of about 0.98 to its float32 features, below the 0.995 bound
-    that image towers and CLIP text towers meet.
+    encoder drifts to a cosine similarity of about 0.98 to its float32 features, below the 0.999 bound
+    that image towers and CLIP text towers meet. The int8 file names carry the weight type
+    (``image_encoder.int8-s8.onnx``), which depends on the CPU.
     """
     fp32 = {k: folder / v for k, v in manifest["files"]["fp32"].items()}
     for path in fp32.values():
@@ -159,19 +161,22 @@ def ensure_precision(folder: Path, manifest: dict[str, Any], precision: str) -> 
             raise KontrastError(f"{path}: missing from the ONNX export; re-export with 'kontrast export MODEL --onnx DIR'")
     if precision == "fp32":
         return fp32
-    from .quantize import quantize_onnx_int8
+    from .quantize import int8_scheme, quantize_onnx_int8
 
+    scheme = int8_scheme()
+    suffix = INT8_SUFFIX.format(scheme=scheme)
     out: dict[str, Path] = {}
     for tower, src in fp32.items():
         if tower == "text" and manifest.get("text_truncation") == "padding":
             out[tower] = src  # a Hugging Face text tower: float32 (see above)
             continue
-        candidates = [folder / (src.stem + INT8_SUFFIX), cache_root() / manifest["fingerprint"] / (src.stem + INT8_SUFFIX)]
+        candidates = [folder / (src.stem + suffix), cache_root() / manifest["fingerprint"] / (src.stem + suffix)]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             target = candidates[0] if os.access(folder, os.W_OK) else candidates[1]
             target.parent.mkdir(parents=True, exist_ok=True)
-            found = quantize_onnx_int8(src, target)
+            found = quantize_onnx_int8(src, target, float_blocks=TEXT_FLOAT_BLOCKS if tower == "text" else (),
+                                       scheme=scheme)
         out[tower] = found
     return out
 
