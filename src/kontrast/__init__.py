@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 # Public names, imported lazily so that ``import kontrast`` stays cheap (no torch work at import time).
 _EXPORTS = {
-    "load": "api", "create_model": "api", "list_models": "api", "save": "api", "export": "api",
+    "load": "api", "create_model": "api", "list_models": "api", "list_pretrained": "api", "save": "api", "export": "api",
     "fingerprint": "api", "get_model_config": "api", "get_tokenizer": "api",
     "tokenize": "tokenizer", "Tokenizer": "tokenizer",
     "Preprocess": "preprocess", "image_transform": "preprocess",

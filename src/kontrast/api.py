@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .checkpoints import convert, formats
+from .checkpoints.hub import PretrainedTag
 from .config import ModelConfig
 from .errors import CheckpointError, KontrastError, UnknownModelError
 from .models import CLIP, interpolate_pos_embed
@@ -37,6 +38,15 @@ def list_models() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in _config_dir().iterdir() if p.name.endswith(".json"))
 
 
+def list_pretrained(family: str | None = None) -> list[PretrainedTag]:
+    """Every (architecture, tag) pair open_clip 3.3 lists, as ``PretrainedTag(architecture, tag, family,
+    supported)``; ``supported`` says whether kontrast loads it (others are refused naming the family).
+    ``family`` keeps one family (``"ViT"``, ``"ConvNeXt"``, ``"EVA"``, ...; see ``kontrast.families``)."""
+    from .checkpoints.hub import pretrained_tags
+
+    return pretrained_tags(family)
+
+
 def canonical_name(name: str) -> str | None:
     """``ViT-B/32``, ``vit-b-32`` -> ``ViT-B-32``; ``None`` if unknown."""
     wanted = name.replace("/", "-").lower()
@@ -47,9 +57,23 @@ def canonical_name(name: str) -> str | None:
 
 
 def get_model_config(name: str) -> ModelConfig:
-    """Config of a known architecture; unknown names list the nearest known ones."""
+    """Config of a known architecture; unknown names list the nearest known ones.
+
+    A ``-quickgelu`` suffix (open_clip's alias, e.g. ``ViT-H-14-quickgelu``) gives the same architecture with
+    QuickGELU in both towers, as the weights trained that way need.
+    """
+    if name.lower().endswith("-quickgelu") and canonical_name(name) is None:
+        cfg = _with_act(get_model_config(name[: -len("-quickgelu")]), "quick_gelu")
+        cfg.name = f"{cfg.name}-quickgelu"
+        return cfg
     known = canonical_name(name)
     if known is None:
+        from . import families
+        from .checkpoints.hub import family_of_architecture
+
+        family = family_of_architecture(name)
+        if family is not None:  # a pretrained architecture of a family kontrast does not implement
+            families.require_supported(family, f"architecture {name!r}")
         near = difflib.get_close_matches(name.replace("/", "-"), list_models(), n=4, cutoff=0.4)
         hint = f"; nearest: {', '.join(near)}" if near else f"; known: {', '.join(list_models())}"
         raise UnknownModelError(f"unknown model {name!r}{hint} (or pass a checkpoint path)")

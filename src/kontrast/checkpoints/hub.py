@@ -43,8 +43,9 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from kontrast import families
 from kontrast.errors import CheckpointError, KontrastError, OfflineError, UnknownModelError
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,29 @@ def list_pretrained(architecture: str | None = None) -> list[tuple[str, str]]:
     ]
 
 
+class PretrainedTag(NamedTuple):
+    """One (architecture, tag) pair of the registry, with its family and whether kontrast loads it."""
+
+    architecture: str
+    tag: str
+    family: str
+    supported: bool
+
+
+def pretrained_tags(family: str | None = None) -> list[PretrainedTag]:
+    """Every pair open_clip 3.3 lists, in its order: the registry's entries, then open_clip's ``-quickgelu``
+    aliases (one per entry trained with QuickGELU). ``family`` keeps one family (case-insensitive)."""
+    entries = _registry()["pretrained"]
+    rows = [(e["architecture"], e) for e in entries]
+    rows += [(e["architecture"] + "-quickgelu", e) for e in entries if e["quick_gelu"]]
+    wanted = None if family is None else family.strip().lower()
+    return [
+        PretrainedTag(arch, e["tag"], e["family"], families.is_supported(e["family"]))
+        for arch, e in rows
+        if wanted is None or e["family"].lower() == wanted
+    ]
+
+
 def get_pretrained_entry(architecture: str, tag: str) -> dict[str, Any]:
     """The registry entry (a copy) for ``architecture`` / ``tag``.
 
@@ -132,6 +156,15 @@ def get_pretrained_entry(architecture: str, tag: str) -> dict[str, Any]:
         if _norm_arch(e["architecture"]) == key and _norm_tag(e["tag"]) == wanted:
             return json.loads(json.dumps(e))  # deep copy: callers may not edit the registry
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def family_of_architecture(architecture: str) -> str | None:
+    """The family the registry gives an architecture name (``-quickgelu`` accepted), or None if it has none."""
+    key, _ = _split_quickgelu(architecture)
+    for e in _registry()["pretrained"]:
+        if _norm_arch(e["architecture"]) == key:
+            return e["family"]
+    return None
 
 
 def get_hf_repo_entry(repo_id: str) -> dict[str, Any] | None:
@@ -371,12 +404,14 @@ def resolve_pretrained(architecture: str, tag: str, cache_dir: str | os.PathLike
     """Local folder holding the weights (and config, if the repository has one) of a registry entry.
 
     Downloads into Hugging Face's cache (or ``cache_dir``) when needed and verifies the weights' sha256.
-    Raises ``UnknownModelError`` for names not in the registry, ``OfflineError`` when the files are neither
+    Raises ``UnknownModelError`` for names not in the registry, ``KontrastError`` naming the family for a
+    family kontrast does not implement (before any download), ``OfflineError`` when the files are neither
     cached nor downloadable, ``CheckpointError`` for a corrupt file or a repository without the files.
     """
     entry = get_pretrained_entry(architecture, tag)
     repo_id = entry["hf_repo"]
     what = f"{entry['architecture']}/{entry['tag']}"
+    families.require_supported(entry["family"], f"{architecture} (pretrained={tag!r})")
     session = _Session(repo_id, entry.get("revision"), cache_dir)
     weights = session.fetch_first(entry["weights"])
     if weights is None:
@@ -411,6 +446,8 @@ def resolve_hf_hub(
     if repo_id.count("/") != 1:
         raise UnknownModelError(f"invalid Hugging Face hub name {repo_id!r}: expected hf-hub:owner/repository")
     entry = get_hf_repo_entry(repo_id) or {}
+    if entry.get("family"):
+        families.require_supported(entry["family"], f"hf-hub:{repo_id}")
     known_sha = entry.get("sha256") or {}
     session = _Session(repo_id, revision, cache_dir)
 
