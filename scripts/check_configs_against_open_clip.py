@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import kontrast  # noqa: E402
-from kontrast.api import load_weights  # noqa: E402
-from kontrast.config import ModelConfig  # noqa: E402
-from make_pretrained_registry import import_open_clip  # noqa: E402
+from make_pretrained_registry import import_open_clip
+
+import kontrast
+from kontrast.api import load_weights
+from kontrast.config import ModelConfig
 
 FEATURE_TOL, LOGIT_TOL = 1e-4, 2e-3
 

@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from kontrast.families import family_of_config  # noqa: E402
+from kontrast.families import family_of_config
 
 REGISTRY = ROOT / "src" / "kontrast" / "checkpoints" / "pretrained_registry.json"
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -66,9 +66,7 @@ def entry_for(open_clip, arch: str, tag: str) -> dict:
     entry["family"] = family_of_config(open_clip.get_model_config(arch))
     if arch.startswith("MobileCLIP"):  # MobileCLIP2-L-14's trunk is a plain timm ViT: only the name tells
         entry["family"] = "MobileCLIP"
-    if cfg.get("mean") and list(cfg["mean"]) != OPENAI_MEAN:
-        entry["mean"], entry["std"] = list(cfg["mean"]), list(cfg["std"])
-    elif cfg.get("std") and list(cfg["std"]) != OPENAI_STD:
+    if cfg.get("mean") and list(cfg["mean"]) != OPENAI_MEAN or cfg.get("std") and list(cfg["std"]) != OPENAI_STD:
         entry["mean"], entry["std"] = list(cfg["mean"]), list(cfg["std"])
     if cfg.get("interpolation", "bicubic") != "bicubic":
         entry["interpolation"] = cfg["interpolation"]

@@ -135,26 +135,29 @@ def load(
     elif name.startswith("hf-hub:"):
         from .checkpoints import hub
 
-        ckpt = formats.read(hub.resolve_hf_hub(name[len("hf-hub:"):], cache_dir=cache_dir))
+        folder = hub.resolve_hf_hub(name[len("hf-hub:"):], cache_dir=cache_dir)
+        if (siglip := _load_siglip(folder, precision, device)) is not None:
+            return siglip
+        ckpt = formats.read(folder)
     elif Path(name).expanduser().exists():
-        from .checkpoints import siglip_io
-
-        if siglip_io.detect(Path(name).expanduser()):  # SigLIP / SigLIP 2 folders: their own model class
-            model, preprocess, tokenizer = siglip_io.load(Path(name).expanduser())
-            model.precision = precision
-            return model.to(device=device, dtype=PRECISIONS[precision]), preprocess, tokenizer
+        if (siglip := _load_siglip(Path(name).expanduser(), precision, device)) is not None:
+            return siglip
         ckpt = formats.read(Path(name).expanduser())
     elif pretrained:
         from .checkpoints import hub
 
         entry = hub.get_pretrained_entry(name, pretrained)
-        ckpt = formats.read(hub.resolve_pretrained(name, pretrained, cache_dir=cache_dir))
+        folder = hub.resolve_pretrained(name, pretrained, cache_dir=cache_dir)
+        if (siglip := _load_siglip(folder, precision, device)) is not None:
+            return siglip
+        ckpt = formats.read(folder)
         if ckpt.config is None:
             ckpt.config = get_model_config(entry.get("architecture", name))
         if entry.get("quick_gelu"):  # the registry knows these weights were trained with QuickGELU
             ckpt.config = _with_act(ckpt.config, "quick_gelu")
-        if entry.get("mean") and entry.get("std"):
-            ckpt.preprocess = {**(ckpt.preprocess or {}), "mean": entry["mean"], "std": entry["std"]}
+        for key in ("mean", "std", "interpolation", "resize_mode"):  # the registry's where it differs from OpenAI's
+            if entry.get(key):
+                ckpt.preprocess = {**(ckpt.preprocess or {}), key: entry[key]}
     elif _looks_like_path(name):
         raise CheckpointError(f"checkpoint not found: {name}")
     else:
@@ -180,6 +183,21 @@ def load(
     load_weights(model, sd, source=str(ckpt.path))
     model.checkpoint_path = str(ckpt.path)
     return _finish(model, precision, device, ckpt.preprocess)
+
+
+def _load_siglip(path: Path, precision: str, device) -> tuple[Any, Callable, Callable] | None:
+    """``(model, preprocess, tokenizer)`` when ``path`` is a SigLIP / SigLIP 2 folder (their own model class), else None.
+
+    A folder whose open_clip config names a family kontrast does not implement is refused here, naming it.
+    """
+    from .checkpoints import siglip_io
+
+    formats.refuse_unsupported_family(path)
+    if not siglip_io.detect(path):
+        return None
+    model, preprocess, tokenizer = siglip_io.load(path)
+    model.precision = precision
+    return model.to(device=device, dtype=PRECISIONS[precision]), preprocess, tokenizer
 
 
 def default_model_path() -> Path:
@@ -245,10 +263,13 @@ def _finish(model: CLIP, precision: str, device, preprocess_cfg: dict[str, Any] 
     cast_model(model, precision, device)
     _log_inference_path(model)
     mean, std = model.config.vision.mean, model.config.vision.std
+    resize_mode, interpolation = "shortest", "bicubic"
     if preprocess_cfg:
         mean = tuple(preprocess_cfg.get("mean", mean))
         std = tuple(preprocess_cfg.get("std", std))
-    preprocess = Preprocess(model.image_size, mean=mean, std=std)
+        resize_mode = preprocess_cfg.get("resize_mode", resize_mode)
+        interpolation = preprocess_cfg.get("interpolation", interpolation)
+    preprocess = Preprocess(model.image_size, mean=mean, std=std, resize_mode=resize_mode, interpolation=interpolation)
     return model, preprocess, get_tokenizer(model)
 
 

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .. import families
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from . import convert
@@ -131,10 +132,29 @@ def _read_kontrast(p: Path) -> Checkpoint:
     return Checkpoint(_load_tensors(weights), ModelConfig.from_dict(config), "kontrast", p, preprocess)
 
 
+def refuse_unsupported_family(path: str | os.PathLike) -> None:
+    """One-line ``CheckpointError`` when the open_clip config at ``path`` (a folder or a file in it) names a model
+    family kontrast does not implement (EVA, CoCa, MobileCLIP, ...): the file, the deciding key and the family."""
+    p = Path(path)
+    if p.is_file() and p.name not in OPEN_CLIP_WEIGHTS:
+        return  # a weights file of another format: a config next to it does not describe it
+    cfg_path = (p if p.is_dir() else p.parent) / OPEN_CLIP_CONFIG
+    if not cfg_path.is_file():
+        return
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path}: not readable JSON ({exc})") from exc
+    family, evidence = families.family_evidence(raw if isinstance(raw, dict) else {})
+    if not families.is_supported(family):
+        raise CheckpointError(f"{cfg_path}: {families.unsupported_message(family, evidence)}")
+
+
 def _read_open_clip(p: Path) -> Checkpoint:
     folder = p if p.is_dir() else p.parent
     cfg_path = folder / OPEN_CLIP_CONFIG
     config, preprocess = None, None
+    refuse_unsupported_family(folder)
     if cfg_path.is_file():
         raw = read_json_object(cfg_path)
         config = ModelConfig.from_dict(raw.get("model_cfg", raw))
