@@ -12,6 +12,10 @@ import kontrast
 from kontrast.cli import main
 from kontrast.errors import KontrastError
 from kontrast.evaluate import (
+    LinearProbeOptions,
+    RetrievalOptions,
+    RunOptions,
+    ZeroShotOptions,
     evaluate,
     features,
     linear_probe_eval,
@@ -78,11 +82,11 @@ def test_folder_zeroshot_results_files(clip, tmp_path):
         "zeroshot",
         model,
         data,
+        ZeroShotOptions(templates="a photo of {}."),
         preprocess=pre,
         tokenizer=tok,
-        templates="a photo of {}.",
         out_dir=out,
-        cache_dir=tmp_path / "cache",
+        run=RunOptions(cache_dir=tmp_path / "cache"),
     )
     assert set(record["metrics"]) == {"top1", "top5", "mean_per_class_recall"}
     assert all(0.0 <= v <= 1.0 for v in record["metrics"].values())
@@ -126,7 +130,7 @@ def test_csv_several_captions_per_image(clip, tmp_path):
         ("blue.png", ["a blue square", "a square"]),
     ]
     record = evaluate(
-        "retrieval", model, path, preprocess=pre, tokenizer=tok, cache_dir=tmp_path / "cache", workers=1
+        "retrieval", model, path, preprocess=pre, tokenizer=tok, run=RunOptions(cache_dir=tmp_path / "cache", workers=1)
     )  # the CSV source goes to a DataLoader worker process
     assert set(record["metrics"]) == RETRIEVAL_KEYS
     details = record["details"]
@@ -143,20 +147,21 @@ def test_csv_several_captions_per_image(clip, tmp_path):
 def test_cache_hit_skips_embedding_and_file_change_invalidates(clip, tmp_path, monkeypatch):
     model, pre, tok = clip
     calls = []
-    real = features.embed_all
+    real = features.embed_units
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(features, "embed_all", counting)
+    monkeypatch.setattr(features, "embed_units", counting)
     data = _folder(tmp_path / "colors")
-    kwargs = {"preprocess": pre, "tokenizer": tok, "templates": "{}", "cache_dir": tmp_path / "cache"}
-    first = zeroshot_eval(model, data, **kwargs)
-    second = zeroshot_eval(model, data, **kwargs)
+    kwargs = {"preprocess": pre, "tokenizer": tok, "run": RunOptions(cache_dir=tmp_path / "cache")}
+    opts = ZeroShotOptions(templates="{}")
+    first = zeroshot_eval(model, data, opts, **kwargs)
+    second = zeroshot_eval(model, data, opts, **kwargs)
     assert len(calls) == 1 and first == second
     _image(data / "red" / "0.png", (0, 0, 0))  # a changed file is a different dataset
-    zeroshot_eval(model, data, **kwargs)
+    zeroshot_eval(model, data, opts, **kwargs)
     assert len(calls) == 2
 
 
@@ -166,7 +171,9 @@ def test_linear_probe_on_folders(clip, tmp_path):
     root = tmp_path / "ds"
     _folder(root / "train", per_class=4)
     _folder(root / "test", per_class=2)
-    metrics = linear_probe_eval(model, root, preprocess=pre, k_shots=(1, 2), cache_dir=tmp_path / "cache")
+    metrics = linear_probe_eval(
+        model, root, LinearProbeOptions(k_shots=(1, 2)), preprocess=pre, run=RunOptions(cache_dir=tmp_path / "cache")
+    )
     assert {"top1", "best_C", "top1_1shot", "top1_2shot"} == set(metrics)
     assert 0.0 <= metrics["top1"] <= 1.0 and metrics["best_C"] > 0
 
@@ -264,3 +271,47 @@ def test_cli_eval_and_report_on_emoji_shard(tmp_path, fixtures_dir, data_dir, ca
     )
     assert code == 0 and "## zeroshot" in out and "## retrieval" in out and "text_to_image_R@1" in out
     assert "<table>" in report.read_text()
+
+
+# ---- the evaluate() API: one options object per task, the caller's model mode kept ---------------------
+def test_options_belong_to_their_task(clip, tmp_path):
+    model, pre, tok = clip
+    data = _folder(tmp_path / "colors")
+    with pytest.raises(KontrastError, match="takes ZeroShotOptions, not RetrievalOptions"):
+        evaluate("zeroshot", model, data, RetrievalOptions(), preprocess=pre, tokenizer=tok)
+    with pytest.raises(KontrastError, match="k_shots"):
+        LinearProbeOptions(k_shots=(0,))
+    with pytest.raises(TypeError):  # a caption field is not a zero-shot option
+        ZeroShotOptions(caption_field="caption")
+    import inspect
+
+    assert len(inspect.signature(evaluate).parameters) <= 9
+
+
+def test_evaluate_restores_each_modules_mode(clip, tmp_path):
+    model, pre, tok = clip
+    data = _folder(tmp_path / "colors", per_class=1)
+    model.train()
+    model.visual.eval()  # e.g. a locked image tower while the text tower fine-tunes
+    modes = {name: m.training for name, m in model.named_modules()}
+    seen = []
+    real = features.embed_units
+
+    def spy(m, *args, **kwargs):
+        seen.append(m.training)  # evaluation itself runs in eval mode
+        return real(m, *args, **kwargs)
+
+    import kontrast.evaluate.features as feats_module
+
+    feats_module.embed_units = spy
+    try:
+        evaluate("zeroshot", model, data, ZeroShotOptions(templates="{}"), preprocess=pre, tokenizer=tok,
+                 run=RunOptions(use_cache=False))
+    finally:
+        feats_module.embed_units = real
+    assert seen == [False]
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    with pytest.raises(KontrastError):  # restored on errors too
+        evaluate("zeroshot", model, tmp_path / "missing", preprocess=pre, tokenizer=tok)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    model.eval()

@@ -160,3 +160,38 @@ def test_holdout_and_k_shot_sampling():
     rows = sample_k_shot(y, 4, seed=0)
     assert np.bincount(y[rows]).tolist() == [4, 4, 1]
     assert rows.tolist() == sample_k_shot(y, 4, seed=0).tolist()  # seeded
+
+
+# ---- CLIP_benchmark's definitions ----------------------------------------------------------------------
+def test_cb_classification_by_hand():
+    got = M.cb_classification_metrics(SCORES, LABELS, 6)
+    assert got["acc1"] == pytest.approx(2 / 5) and got["acc5"] == pytest.approx(4 / 5)
+    assert got["mean_per_class_recall"] == pytest.approx((0.5 + 0.0 + 0.5) / 3)  # balanced accuracy
+    few = M.cb_classification_metrics(SCORES[:, :4], LABELS, 4)  # below 5 classes: acc5 is NaN there
+    assert np.isnan(few["acc5"]) and list(few) == ["acc1", "acc5", "mean_per_class_recall"]
+
+
+def test_cb_mean_average_precision_by_hand():
+    scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.2, 0.4], [0.1, 0.9, 0.3]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]])
+    # class 0: ranking 0, 1, 2 -> positives at ranks 1 and 3: (1/1 + 2/3) / 2; class 1: ranking 2, 1, 0 ->
+    # positive at rank 2: 1/2; class 2: no positive -> AP 0, still in the mean
+    expected = ((1 + 2 / 3) / 2 + 1 / 2 + 0) / 3
+    assert M.cb_mean_average_precision(scores, targets) == pytest.approx(expected)
+
+
+def test_cb_retrieval_by_hand():
+    img = np.eye(3, dtype=np.float32)  # image i = axis i
+    txt = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]], dtype=np.float32)  # captions of images 0, 1, 2
+    got = M.cb_retrieval_metrics(img, txt, np.array([0, 1, 2]), [1, 2])
+    assert list(got) == ["image_retrieval_recall@1", "text_retrieval_recall@1",
+                         "image_retrieval_recall@2", "text_retrieval_recall@2"]
+    # caption 1 ("0.9, 0.1, 0") finds image 0 before its image 1: 2 of 3 at k=1, all at k=2; every image
+    # scores its own caption highest (image 1: 0.1 against 0 and 0)
+    assert got["image_retrieval_recall@1"] == pytest.approx(2 / 3) and got["image_retrieval_recall@2"] == 1.0
+    assert got["text_retrieval_recall@1"] == 1.0
+    assert got["image_retrieval_recall@1"] == float(np.float32(2) / np.float32(3))  # a float32 mean, as there
+    without = M.cb_retrieval_metrics(img, txt[[0, 2]], np.array([0, 2]), [2])  # image 1 has no caption: a miss
+    assert without["text_retrieval_recall@2"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="recall@5"):
+        M.cb_retrieval_metrics(img, txt, np.array([0, 1, 2]), [5])

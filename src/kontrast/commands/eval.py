@@ -17,32 +17,63 @@ import re
 import sys
 from pathlib import Path
 
-from .common import add_model_args, load_model
+from ..evaluate.options import CB_TASK_NAMES, RECALL_KS, TASKS
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="evaluate a model: zero-shot accuracy, retrieval recall@k, linear probe",
-        description="Evaluate a model on a dataset (image folder in ImageNet layout, CSV, or webdataset "
-        "shards) and write results.json, results.md and plots to --out.",
+        help="evaluate models: zero-shot accuracy, retrieval recall@k, linear probe",
+        description="Evaluate one or more models on one or more datasets (image folder in ImageNet layout, "
+        "CSV, webdataset shards, or a CLIP_benchmark dataset folder) and write results.json, results.md, "
+        "plots and CLIP_benchmark's result JSON to --out. Runs already done are skipped.",
     )
-    add_model_args(p)
-    p.add_argument("--task", required=True, choices=["zeroshot", "retrieval", "linear-probe"])
+    p.add_argument(
+        "--model",
+        nargs="+",
+        default=["default"],
+        metavar="MODEL",
+        help="checkpoint path, 'default', 'hf-hub:owner/repo', an architecture name (with --pretrained), "
+        "or NAME,PRETRAINED; several for a benchmark",
+    )
+    p.add_argument("--pretrained", default=None, help="pretrained tag for architecture names, e.g. openai")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"], help="int8 needs --backend onnx")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx: onnxruntime towers")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--task",
+        default="auto",
+        choices=["auto", *TASKS, *CB_TASK_NAMES.values()],
+        help="auto: from a CLIP_benchmark folder's dataset_type.txt (CLIP_benchmark's task names work too)",
+    )
     p.add_argument(
         "--data",
-        required=True,
         nargs="+",
+        action="append",
         metavar="SOURCE",
-        help="image folder (DATA/<class>/<image>), .csv (filepath,label / filepath,caption), "
-        "or .tar shards (paths, globs, {000..009} patterns); the test set for linear-probe",
+        help="a dataset: image folder (DATA/<class>/<image>), .csv (filepath,label / filepath,caption), "
+        ".tar shards (paths, globs, {000..009} patterns; one --data group of shards is one dataset), or a "
+        "CLIP_benchmark folder; several folders/CSVs, or --data again, for a benchmark",
     )
+    p.add_argument("--benchmark", metavar="FILE", help="YAML file with models, datasets, languages, recall_k")
+    p.add_argument(
+        "--language",
+        nargs="+",
+        default=["en"],
+        help="CLIP_benchmark folders: class names from classnames_{lang}.txt, one run per language",
+    )
+    p.add_argument("--recall-k", nargs="+", type=int, default=list(RECALL_KS), help="retrieval: the k of recall@k")
+    p.add_argument("--overwrite", action="store_true", help="recompute runs whose results exist already")
     p.add_argument(
         "--split",
         help="part of a dataset folder: subfolder DATA/<split>/, else the .tar/.csv files "
         "named like *-<split>-* (e.g. --split val)",
     )
-    p.add_argument("--out", help="output folder (default: kontrast-eval/<task>-<data name>)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: kontrast-eval/<task>-<data name>, or kontrast-eval/benchmark for "
+        "several runs, each in OUT/<run name>/ next to its CLIP_benchmark JSON OUT/<run name>.json)",
+    )
     p.add_argument("--label-field", help="json field / CSV column with the class (default: label, else name)")
     p.add_argument(
         "--caption-field", help="json field / CSV column with captions (default: caption = the .txt)"
@@ -92,17 +123,19 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser(
         "eval-report",
-        help="merge several eval runs into one comparison table",
-        description="Read results.json from each folder (searched recursively) and print a "
-        "markdown table per task; --out FILE writes .md or .html.",
+        help="merge several eval runs into one comparison table (and CLIP_benchmark's CSV)",
+        description="Read results.json (and CLIP_benchmark result JSON files) from each folder, searched "
+        "recursively, and print a markdown table per task; --out FILE writes .md or .html, --csv FILE the "
+        "CSV of 'clip_benchmark build'.",
     )
     r.add_argument(
         "runs",
         nargs="+",
         metavar="DIR",
-        help="folders written by 'kontrast eval --out' (or results.json files)",
+        help="folders written by 'kontrast eval --out' or 'clip_benchmark eval' (or their JSON files)",
     )
     r.add_argument("--out", help="write the report to FILE (.md or .html)")
+    r.add_argument("--csv", help="write the CSV 'clip_benchmark build' writes from the CLIP_benchmark JSON files")
     r.set_defaults(func=run_report)
 
 
@@ -146,54 +179,115 @@ class _Bars:
             bar.close()
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
-    from ..evaluate.report import flatten_metrics
+def _datasets(args: argparse.Namespace) -> list:
+    """One ``DatasetSpec`` per dataset named by the ``--data`` groups (a group of shards is one dataset)."""
+    from ..errors import KontrastError
+    from ..evaluate.suite import DatasetSpec
 
-    model, preprocess, tokenizer = load_model(args)
-    out = Path(args.out) if args.out else _default_out(args.task, args.data, args.split)
-    templates = None
-    if args.templates:
-        templates = args.templates[0] if len(args.templates) == 1 else list(args.templates)
+    out = []
+    for group in args.data or []:
+        shards = [g for g in group if re.search(r"\.(tar|tgz|tar\.gz)(\}|\*|$)", g) and not os.path.isdir(g)]
+        if shards and len(shards) != len(group):
+            raise KontrastError(
+                f"--data {' '.join(group)}: mixes .tar shards with other sources; give each dataset its own --data"
+            )
+        items = [group if len(group) > 1 else group[0]] if shards else group
+        for data in items:
+            ds = DatasetSpec(data, args.task)
+            out.append(DatasetSpec(data, args.task, None, _task_fields(args, ds.resolved_task())))
+    return out
+
+
+def _task_fields(args: argparse.Namespace, task: str) -> dict:
+    """The options fields of ``task`` that were given on the command line."""
+    templates = args.templates[0] if args.templates and len(args.templates) == 1 else args.templates
+    given = {
+        "split": args.split,
+        "label_field": args.label_field,
+        "caption_field": args.caption_field,
+        "classnames": args.classnames,
+        "templates": templates,
+        "train_data": _one(args.train_data),
+        "val_data": _one(args.val_data),
+        "train_split": args.train_split,
+        "val_split": args.val_split,
+    }
+    wanted = {
+        "zeroshot": ("split", "label_field", "classnames", "templates"),
+        "retrieval": ("split", "caption_field"),
+        "linear-probe": ("split", "label_field", "classnames", "train_data", "val_data", "train_split", "val_split"),
+    }[task]
+    fields = {k: given[k] for k in wanted if given[k] is not None}
+    if task == "linear-probe":
+        fields.update(k_shots=tuple(_k_shots(args.k_shots)), seed=args.seed)
+    return fields
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import KontrastError
+    from ..evaluate.options import RunOptions
+    from ..evaluate.suite import ModelSpec, plan, read_benchmark, run_suite
+
+    if args.benchmark:
+        models, datasets, languages, recall_k = read_benchmark(args.benchmark)
+    elif not args.data:
+        raise KontrastError("kontrast eval needs --data (or --benchmark FILE)")
+    else:
+        models = [ModelSpec.parse(m, args.pretrained) for m in args.model]
+        datasets, languages, recall_k = _datasets(args), args.language, tuple(args.recall_k)
+    runs = plan(models, datasets, languages)
+    single = len(runs) == 1 and not args.benchmark
+    if args.out:
+        out = Path(args.out)
+    elif single:
+        out = _default_out(runs[0].task, args.data[0], args.split)
+    else:
+        out = Path("kontrast-eval") / "benchmark"
     bars = _Bars()
+    options = RunOptions(args.cache_dir, not args.no_cache, args.batch_size, args.workers, bars)
+
+    def load(name: str, pretrained: str | None = None):
+        from .common import load_model
+
+        return load_model(argparse.Namespace(model=name, pretrained=pretrained, device=args.device,
+                                             precision=args.precision, backend=args.backend))
+
+    def event(what: str, run, record) -> None:
+        bars.close()
+        if what == "skip":
+            print(f"skipped (done already; --overwrite recomputes): {run.name()}", file=sys.stderr)
+        elif what == "start" and not single:
+            print(f"running {run.name()}", file=sys.stderr)
+        elif what == "done":
+            _print_record(record, out if single else out / run.name())
+        elif what == "fail" and not single:
+            print(f"FAILED {run.name()}: {record['error']}", file=sys.stderr)
+
     try:
-        record = evaluate(
-            args.task,
-            model,
-            args.data if len(args.data) > 1 else args.data[0],
-            preprocess=preprocess,
-            tokenizer=tokenizer,
-            model_name=args.model,
-            split=args.split,
-            label_field=args.label_field,
-            caption_field=args.caption_field,
-            classnames=args.classnames,
-            templates=templates,
-            train_data=_one(args.train_data),
-            val_data=_one(args.val_data),
-            train_split=args.train_split,
-            val_split=args.val_split,
-            k_shots=_k_shots(args.k_shots),
-            seed=args.seed,
-            out_dir=out,
-            cache_dir=args.cache_dir,
-            use_cache=not args.no_cache,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            progress=bars,
-        )
+        outcome = run_suite(runs, out, options, recall_k=recall_k, overwrite=args.overwrite, single=single,
+                            on_event=event, load=load)
     finally:
         bars.close()
+    if single and outcome.failed:
+        raise KontrastError(outcome.failed[0][1])
+    if not single:
+        print(f"{len(outcome.done)} runs done, {len(outcome.skipped)} skipped (done before), "
+              f"{len(outcome.failed)} failed; results in {out}")
+    return 2 if outcome.failed else 0
+
+
+def _print_record(record: dict, folder: Path) -> None:
+    from ..evaluate.report import flatten_metrics
+
     details = record["details"]
     size = details.get("n_images", details.get("n_test"))
     print(
-        f"{args.task} on {record['dataset']['spec']} ({size} images), model {record['model']} "
+        f"{record['task']} on {record['dataset']['spec']} ({size} images), model {record['model']} "
         f"[{record['model_fingerprint']}]"
     )
     for key, value in flatten_metrics(record["metrics"]).items():
         print(f"  {key:28s} {value:.4f}" if isinstance(value, float) else f"  {key:28s} {value}")
-    print(f"results: {out / 'results.json'}, {out / 'results.md'}")
-    return 0
+    print(f"results: {folder / 'results.json'}, {folder / 'results.md'}")
 
 
 def _one(values: list[str] | None):
@@ -204,9 +298,18 @@ def _one(values: list[str] | None):
 
 def run_report(args: argparse.Namespace) -> int:
     from ..errors import KontrastError
+    from ..evaluate.cb_results import build_csv, find_results
     from ..evaluate.report import comparison_html, comparison_markdown, load_results
 
-    records = load_results(args.runs)
+    records = load_results(args.runs, required=False)
+    cb_files = find_results(args.runs)
+    if not records and not cb_files:
+        raise KontrastError(
+            f"no results.json and no CLIP_benchmark result file in {' '.join(args.runs)}; "
+            "pass folders written by 'kontrast eval --out' or 'clip_benchmark eval'"
+        )
+    if not records:  # CLIP_benchmark files only: tables of their metrics
+        records = [_cb_as_record(path, data) for path, data in cb_files]
     markdown = comparison_markdown(records)
     print(markdown, end="")
     if args.out:
@@ -219,4 +322,21 @@ def run_report(args: argparse.Namespace) -> int:
             encoding="utf-8",
         )
         print(f"written: {out}", file=sys.stderr)
+    if args.csv:
+        if not cb_files:
+            raise KontrastError(f"--csv: no CLIP_benchmark result JSON in {' '.join(args.runs)}")
+        print(f"written: {build_csv([data for _, data in cb_files], args.csv)} ({len(cb_files)} results)",
+              file=sys.stderr)
     return 0
+
+
+def _cb_as_record(path: Path, data: dict) -> dict:
+    """A CLIP_benchmark result in the shape ``comparison_markdown`` reads."""
+    return {
+        "task": data["task"],
+        "model": f"{data['model']} {data['pretrained']}".strip(),
+        "model_fingerprint": "",
+        "dataset": {"spec": f"{data['dataset']} ({data['language']})"},
+        "metrics": data["metrics"],
+        "_path": str(path.with_suffix("")),
+    }

@@ -106,6 +106,38 @@ def classification_report(scores: np.ndarray, labels: np.ndarray, names: Sequenc
     return metrics, details
 
 
+def multilabel_targets(labels: Sequence[str], num_classes: int, where: str) -> np.ndarray:
+    """0/1 targets [N, C] from ``cb_layout`` multilabel strings; a vector of another length -> ``KontrastError``."""
+    from .cb_layout import decode_multilabel
+
+    targets = np.zeros((len(labels), num_classes), dtype=bool)
+    for row, label in enumerate(labels):
+        n, positives = decode_multilabel(label)
+        if n != num_classes:
+            raise KontrastError(
+                f"a .npy label in {where} has {n} entries but there are {num_classes} class names; "
+                "the vector needs one 0/1 entry per line of classnames.txt"
+            )
+        targets[row, positives] = True
+    return targets
+
+
+def multilabel_report(scores: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> tuple[dict, dict]:
+    """``(metrics, details)`` of a multi-label set: ``mean_average_precision`` and the AP of each class."""
+    per_class = []
+    for c, name in enumerate(names):
+        ap = M.cb_mean_average_precision(scores[:, c : c + 1], targets[:, c : c + 1])
+        per_class.append({"class": name, "n": int(targets[:, c].sum()), "average_precision": ap})
+    metrics = {"mean_average_precision": M.cb_mean_average_precision(scores, targets)}
+    details: dict[str, Any] = {
+        "n_images": len(targets),
+        "n_classes": len(names),
+        "n_classes_without_positives": int((targets.sum(axis=0) == 0).sum()),
+        "per_class_ap": per_class,
+    }
+    return metrics, details
+
+
 def run_zeroshot(
     model: Any,
     tokenizer: Callable,
@@ -114,34 +146,42 @@ def run_zeroshot(
     templates: str | Sequence[str] | None = None,
     classifier_cache_dir: str | None = None,
     use_cache: bool = True,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
     out_dir: Path | None = None,
-) -> tuple[dict, dict]:
-    """Zero-shot metrics and details of ``dataset``; draws the confusion matrix into ``out_dir``."""
+) -> tuple[dict, dict, dict]:
+    """``(metrics, details, CLIP_benchmark metrics)`` of ``dataset``; draws the confusion matrix into ``out_dir``.
+
+    Scores are the cosine similarities of image and class embeddings: rankings (top-k, average
+    precision) need nothing else, and unlike softmax probabilities they never underflow into ties.
+    """
     import torch
 
     from .. import zeroshot
 
     rows, labels = labelled(features, dataset)
     classes, names = class_list(dataset, labels)
-    source = "--classnames / class folders" if dataset.classes is not None else "distinct labels"
-    y = label_indices(labels, classes, dataset.spec, source)
     spec = templates if templates is not None else (dataset.templates or "imagenet")
     template_list = zeroshot.load_templates(spec)
-    text_progress = (lambda n: progress("prompts", n)) if progress else None
     classifier = zeroshot.build_classifier(
         model,
         tokenizer,
         names,
         template_list,
         cache_dir=classifier_cache_dir,
-        progress=text_progress,
+        progress=progress,
         cache=use_cache,
     )
-    image = torch.from_numpy(features.image[rows])
-    device = next(model.parameters()).device
-    probs = zeroshot.classify(model, image.to(device), classifier).float().cpu().numpy()  # [N, C]
-    metrics, details = classification_report(probs, y, names)
+    image = torch.from_numpy(features.image[rows]).float()
+    scores = (image @ classifier.float().cpu().T).numpy()  # [N, C] cosine similarities
+    if dataset.info.get("dataset_type") == "multilabel":
+        targets = multilabel_targets(labels, len(names), dataset.spec)
+        metrics, details = multilabel_report(scores, targets, names)
+        cb_metrics = dict(metrics)
+    else:
+        source = "--classnames / class folders" if dataset.classes is not None else "distinct labels"
+        y = label_indices(labels, classes, dataset.spec, source)
+        metrics, details = classification_report(scores, y, names)
+        cb_metrics = M.cb_classification_metrics(scores, y, len(names))
     details["templates"] = (
         template_list if len(template_list) <= 10 else (spec if isinstance(spec, str) else template_list)
     )
@@ -152,4 +192,4 @@ def run_zeroshot(
         details["plots"] = [
             plot_confusion(np.asarray(details["confusion_matrix"]), names, out_dir / "confusion_matrix.png")
         ]
-    return metrics, details
+    return metrics, details, cb_metrics

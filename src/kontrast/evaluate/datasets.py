@@ -36,6 +36,8 @@ from typing import Any
 
 from ..data.sources import FOLDER_CHUNK, IMAGE_EXTS, FolderSource, Record, Source, TarSource, expand_paths
 from ..errors import KontrastError
+from . import cb_layout as cb
+from .cb_layout import is_clip_benchmark_dir
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,15 @@ class EvalDataset:
     classnames: list[str] | None = None  # display names for the prompts, aligned with ``classes``
     templates: list[str] | None = None  # from templates.txt
     info: dict[str, Any] = field(default_factory=dict)
+    decode_rgb_first: bool = False  # CLIP_benchmark folders: convert("RGB") before the transform
+
+    def wrap_preprocess(self, preprocess: Any) -> Any:
+        """The transform that images of this dataset go through (see ``cb_layout.DecodeRGBFirst``)."""
+        if not self.decode_rgb_first:
+            return preprocess
+        from .cb_layout import DecodeRGBFirst
+
+        return DecodeRGBFirst(preprocess)
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able description that goes into results.json."""
@@ -312,13 +323,22 @@ def open_dataset(
     caption_field: str | None = None,
     classnames: str | os.PathLike | None = None,
     need: str = "labels",
+    language: str = "en",
 ) -> EvalDataset:
     """Resolve ``data`` (+ ``split``) into an ``EvalDataset``.
 
     ``need`` is ``"labels"`` (zero-shot, linear probe: class folders are required) or ``"captions"``.
     ``classnames``: a file with the class list (CSV / shards: the allowed labels, one per line; folders:
-    display names, like ``classnames.txt``).
+    display names, like ``classnames.txt``). A folder in CLIP_benchmark's layout (see ``cb_layout``) is
+    read as such; ``language`` picks its ``classnames_{language}.txt``.
     """
+    if isinstance(data, (str, os.PathLike)) and is_clip_benchmark_dir(data):
+        return open_clip_benchmark(data, split, need, language, classnames)
+    if language != "en":
+        raise KontrastError(
+            f"--language {language}: only CLIP_benchmark dataset folders (classnames_{language}.txt) have "
+            "class names in several languages; translate the names with --classnames instead"
+        )
     paths = resolve_paths(data, split)
     spec = " ".join(os.fspath(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data))
     if split:
@@ -385,6 +405,47 @@ def open_dataset(
     return EvalDataset(spec, paths, "webdataset", source, label_field, caption_field, split, classes, classes)
 
 
+def open_clip_benchmark(
+    data: str | os.PathLike,
+    split: str | None,
+    need: str,
+    language: str,
+    classnames_file: str | os.PathLike | None = None,
+) -> EvalDataset:
+    """An ``EvalDataset`` over one split of a CLIP_benchmark folder (see ``cb_layout``)."""
+    root = Path(data)
+    kind = cb.dataset_type(root)
+    split, shards = cb.split_shards(root, split)
+    if need == "captions" and kind != "retrieval":
+        raise KontrastError(
+            f"{root} is a {kind} dataset (dataset_type.txt), not a retrieval one; use --task zeroshot or auto"
+        )
+    if need == "labels" and kind == "retrieval":
+        raise KontrastError(f"{root} is a retrieval dataset (dataset_type.txt); use --task retrieval or auto")
+    classes = names = templates = None
+    if kind != "retrieval":
+        names = read_lines(classnames_file) if classnames_file else cb.classnames(root, language)
+        classes = [str(i) for i in range(len(names))]
+        templates = cb.templates(root, language)
+    info = {"clip_benchmark": True, "dataset_type": kind, "language": language}
+    if names is not None:
+        info["n_classes"] = len(names)
+    return EvalDataset(
+        f"{os.fspath(data)} [{split}]",
+        shards,
+        "clip_benchmark",
+        cb.ClipBenchmarkSource(shards, kind),
+        "label",
+        "captions",
+        split,
+        classes,
+        names,
+        templates,
+        info,
+        decode_rgb_first=True,
+    )
+
+
 # ---- reading labels and captions from embedded records ----------------------------------------------
 def record_label(dataset: EvalDataset, meta: dict[str, Any]) -> str | None:
     """The raw label of one embedded record (pipeline meta dict), or None when it has none."""
@@ -401,7 +462,7 @@ def record_label(dataset: EvalDataset, meta: dict[str, Any]) -> str | None:
 def record_captions(dataset: EvalDataset, meta: dict[str, Any]) -> list[str]:
     """All captions of one embedded record (see the module docstring for where they come from)."""
     fields = meta.get("meta") or {}
-    if dataset.kind == "csv":
+    if dataset.kind in ("csv", "clip_benchmark"):
         return list(fields.get("captions") or [])
     if dataset.caption_field in ("caption", "txt") and meta.get("caption"):
         return [line.strip() for line in str(meta["caption"]).splitlines() if line.strip()]

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import KontrastError
-from ..pipeline import embed_all
+from ..pipeline import embed_units
 from .datasets import EvalCsvSource, EvalDataset, record_captions, record_label
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,41 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def _pack(feats: Features) -> dict[str, Any]:
+    """``Features`` as plain arrays for an ``.npz`` (no pickles)."""
+    flat = [c for caps in feats.captions for c in caps]
+    offsets = np.cumsum([0] + [len(c) for c in feats.captions]).astype(np.int64)
+    return {
+        "image": feats.image,
+        "keys": np.array(feats.keys, dtype=str),
+        "labels": np.array([lab or "" for lab in feats.labels], dtype=str),
+        "has_label": np.array([lab is not None for lab in feats.labels], dtype=bool),
+        "captions": np.array(flat, dtype=str),
+        "caption_offsets": offsets,
+        "skipped": np.int64(feats.skipped),
+    }
+
+
+def _unpack(z: dict[str, np.ndarray], cached: bool) -> Features:
+    offsets = z["caption_offsets"]
+    flat = z["captions"].tolist()
+    captions = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+    labels = [lab if has else None for lab, has in zip(z["labels"].tolist(), z["has_label"].tolist())]
+    image = z["image"].reshape(len(labels), -1) if len(labels) else z["image"]
+    return Features(image, z["keys"].tolist(), labels, captions, int(z["skipped"]), cached=cached)
+
+
+def _concat(parts: Sequence[Features], dim: int) -> Features:
+    image = np.concatenate([p.image for p in parts]) if parts else np.zeros((0, dim), np.float32)
+    return Features(
+        image.astype(np.float32, copy=False),
+        [k for p in parts for k in p.keys],
+        [lab for p in parts for lab in p.labels],
+        [caps for p in parts for caps in p.captions],
+        sum(p.skipped for p in parts),
+    )
+
+
 def image_features(
     model: Any,
     preprocess: Callable,
@@ -125,70 +161,81 @@ def image_features(
 ) -> Features:
     """Normalised image features of every readable record of ``dataset`` (from the cache when possible).
 
-    Unreadable images are skipped and counted; a dataset with no readable image raises ``KontrastError``.
+    With the cache on, every finished unit (a shard, a chunk of files) is saved at once under
+    ``img-<key>.parts/``, so a run that is killed resumes at the first unfinished unit; the parts are
+    merged into ``img-<key>.npz`` at the end. Unreadable images are skipped and counted; a dataset
+    with no readable image raises ``KontrastError``.
     """
     from ..api import fingerprint
 
+    preprocess = dataset.wrap_preprocess(preprocess)
     key = hashlib.sha256(
         json.dumps(
             [CACHE_VERSION, fingerprint(model), _preprocess_id(preprocess), dataset_key(dataset)]
         ).encode()
     ).hexdigest()[:32]
-    path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = path / f"img-{key}.npz"
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = root / f"img-{key}.npz"
+    parts_dir = root / f"img-{key}.parts"
     if use_cache and path.is_file():
         z = _load_npz(path)
         if z is not None:
             logger.info("image features of %s read from %s", dataset.spec, path)
-            offsets = z["caption_offsets"]
-            flat = z["captions"].tolist()
-            captions = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-            labels = [lab if has else None for lab, has in zip(z["labels"].tolist(), z["has_label"].tolist())]
-            return Features(z["image"], z["keys"].tolist(), labels, captions, int(z["skipped"]), cached=True)
+            return _unpack(z, cached=True)
 
-    emb, metas, skipped = embed_all(
+    units = dataset.source.units()
+    done: dict[int, Features] = {}
+    if use_cache and parts_dir.is_dir():
+        for i in range(len(units)):
+            part = parts_dir / f"unit-{i:06d}.npz"
+            z = _load_npz(part) if part.is_file() else None
+            if z is not None:
+                done[i] = _unpack(z, cached=True)
+        if done:
+            logger.info("resuming %s: %d of %d units already embedded", dataset.spec, len(done), len(units))
+    todo = [i for i in range(len(units)) if i not in done]
+    first_skip: list[Any] = []
+    results = embed_units(
         model,
         preprocess,
         dataset.source,
+        units=[units[i] for i in todo],
         batch_size=batch_size,
         workers=workers,
         progress=progress,
         normalize=True,
     )
-    if skipped:
-        logger.warning(
-            "%d of %d images in %s could not be read and were skipped (first: %s: %s)",
-            len(skipped),
-            len(skipped) + len(metas),
-            dataset.spec,
-            skipped[0].source,
-            skipped[0].reason,
+    for result in results:
+        index = todo[result.index]
+        part = Features(
+            _normalise(np.asarray(result.image_embeddings, dtype=np.float32)),
+            [m["key"] for m in result.metas],
+            [record_label(dataset, m) for m in result.metas],
+            [record_captions(dataset, m) for m in result.metas],
+            len(result.skipped),
         )
-    if not metas:
+        first_skip.extend(result.skipped[:1])
+        done[index] = part
+        if use_cache:
+            _save_npz(parts_dir / f"unit-{index:06d}.npz", **_pack(part))
+    feats = _concat([done[i] for i in range(len(units))], model.embed_dim)
+    if feats.skipped:
+        example = f" (first: {first_skip[0].source}: {first_skip[0].reason})" if first_skip else ""
+        logger.warning(
+            "%d of %d images in %s could not be read and were skipped%s",
+            feats.skipped,
+            feats.skipped + len(feats.keys),
+            dataset.spec,
+            example,
+        )
+    if not feats.keys:
         raise KontrastError(
             f"empty split: no readable image in {dataset.spec}"
-            + (f" ({len(skipped)} unreadable)" if skipped else "")
+            + (f" ({feats.skipped} unreadable)" if feats.skipped else "")
         )
-    feats = Features(
-        _normalise(np.asarray(emb, dtype=np.float32)),
-        [m["key"] for m in metas],
-        [record_label(dataset, m) for m in metas],
-        [record_captions(dataset, m) for m in metas],
-        len(skipped),
-    )
     if use_cache:
-        flat = [c for caps in feats.captions for c in caps]
-        offsets = np.cumsum([0] + [len(c) for c in feats.captions]).astype(np.int64)
-        _save_npz(
-            path,
-            image=feats.image,
-            keys=np.array(feats.keys, dtype=str),
-            labels=np.array([lab or "" for lab in feats.labels], dtype=str),
-            has_label=np.array([lab is not None for lab in feats.labels], dtype=bool),
-            captions=np.array(flat, dtype=str),
-            caption_offsets=offsets,
-            skipped=np.int64(feats.skipped),
-        )
+        _save_npz(path, **_pack(feats))
+        shutil.rmtree(parts_dir, ignore_errors=True)
     return feats
 
 

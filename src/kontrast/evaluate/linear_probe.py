@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import KontrastError
+from .options import K_SHOTS
 
 logger = logging.getLogger(__name__)
 
 COARSE_GRID = tuple(10.0**e for e in range(-6, 7, 2))  # 1e-6 .. 1e6
 FINE_STEPS = (-1.0, -0.5, 0.5, 1.0)  # decades around the coarse best
-K_SHOTS = (1, 2, 4, 8, 16)
 HOLDOUT = 0.2
 MAX_ITER = 1000
 

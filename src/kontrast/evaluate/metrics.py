@@ -147,3 +147,62 @@ def retrieval_metrics(
         "text_to_image": float(np.median(t2i)) if t2i.size else 0.0,
     }
     return metrics, {"image_to_text": i2t, "text_to_image": t2i}
+
+
+# ---- CLIP_benchmark's definitions (its result files) ---------------------------------------------------
+# clip_benchmark 1.6.2 (metrics/zeroshot_classification.py, metrics/zeroshot_retrieval.py) defines its
+# metrics slightly differently from the ones above; these reproduce its numbers on the same scores.
+# Only ties differ: torch.topk breaks them in an unspecified order, here they count against the model.
+def cb_classification_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """``acc1``, ``acc5`` (NaN below 5 classes, as there) and ``mean_per_class_recall`` (balanced accuracy)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    acc1 = float(topk_correct(scores, labels, 1).mean())
+    acc5 = float(topk_correct(scores, labels, 5).mean()) if num_classes >= 5 else float("nan")
+    predictions = np.asarray(scores).argmax(axis=1)
+    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": mean_per_class_recall(predictions, labels, num_classes)}
+
+
+def cb_mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Multi-label ``mean_average_precision``: the mean over *all* classes of each class's AP.
+
+    AP of a class: images sorted by that class's score (best first), precision at the rank of every
+    positive image, summed and divided by the number of positives (at least 1: a class without
+    positives has AP 0 and still counts in the mean).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets).astype(bool)
+    n, num_classes = scores.shape
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    ap = np.zeros(num_classes)
+    for c in range(num_classes):
+        truth = targets[np.argsort(-scores[:, c], kind="stable"), c]
+        precision = np.cumsum(truth) / ranks
+        ap[c] = precision[truth].sum() / max(int(truth.sum()), 1)
+    return float(ap.mean()) if num_classes else 0.0
+
+
+def _float32_mean(hits: np.ndarray, n: int) -> float:
+    """A hit rate rounded through float32, as the torch ``.float().mean().item()`` it mirrors."""
+    return float(np.float32(int(np.sum(hits))) / np.float32(n)) if n else 0.0
+
+
+def cb_retrieval_metrics(
+    image_features: np.ndarray, text_features: np.ndarray, text_image: np.ndarray, ks: Sequence[int]
+) -> dict[str, float]:
+    """``image_retrieval_recall@k`` and ``text_retrieval_recall@k`` for every k (in that order per k).
+
+    ``text_image`` [M]: the image of every caption, captions *not* merged (two equal captions are two
+    queries). Image retrieval: a caption is a hit when its image is in the top k. Text retrieval: an
+    image is a hit when any of its captions is in the top k; an image without captions is a miss.
+    Recalls are float32 means, as there. ``k`` larger than the candidates -> ``ValueError``.
+    """
+    text_image = np.asarray(text_image, dtype=np.int64)
+    n_images, n_texts = len(image_features), len(text_features)
+    i2t, t2i = retrieval_ranks(image_features, text_features, text_image)
+    out: dict[str, float] = {}
+    for k in ks:
+        if k > n_images or k > n_texts:
+            raise ValueError(f"recall@{k} needs at least {k} images and {k} captions ({n_images} and {n_texts} here)")
+        out[f"image_retrieval_recall@{k}"] = _float32_mean(t2i <= k, n_texts)
+        out[f"text_retrieval_recall@{k}"] = _float32_mean(i2t <= k, n_images)  # captionless images: misses
+    return out

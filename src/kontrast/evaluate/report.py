@@ -140,13 +140,20 @@ def write_results(record: dict[str, Any], out_dir: str | Path) -> Path:
 
 
 # ---- comparison of several runs ------------------------------------------------------------------------
-def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Records from run folders (or ``results.json`` files); folders are searched recursively."""
+def load_results(paths: Sequence[str | Path], required: bool = True) -> list[dict[str, Any]]:
+    """Records from run folders (or ``results.json`` files); folders are searched recursively.
+
+    ``required=False``: a folder without ``results.json`` (or another JSON file) is passed over.
+    """
     records = []
     for p in paths:
         path = Path(p)
         files = [path] if path.is_file() else sorted(path.rglob(RESULTS_JSON)) if path.is_dir() else []
+        if not required:
+            files = [f for f in files if f.name == RESULTS_JSON]
         if not files:
+            if not required:
+                continue
             raise KontrastError(f"no {RESULTS_JSON} in {path}; pass folders written by 'kontrast eval --out'")
         for f in files:
             try:

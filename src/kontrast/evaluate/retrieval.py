@@ -13,7 +13,7 @@ any of its images is in the top k, and it is one candidate, not several, for ima
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from ..errors import KontrastError
 from . import metrics as M
 from .datasets import EvalDataset
 from .features import Features, text_features
+from .options import RECALL_KS
 
 logger = logging.getLogger(__name__)
 
-RECALL_KS = (1, 5, 10)
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
 
 
@@ -51,10 +51,15 @@ def run_retrieval(
     features: Features,
     cache_dir: str | None = None,
     use_cache: bool = True,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
     out_dir: Path | None = None,
-) -> tuple[dict, dict]:
-    """Retrieval metrics and details of ``dataset``; draws the recall@k curves into ``out_dir``."""
+    recall_k: Sequence[int] = RECALL_KS,
+) -> tuple[dict, dict, dict]:
+    """``(metrics, details, CLIP_benchmark metrics)`` of ``dataset``; draws the recall@k curves into ``out_dir``.
+
+    The CLIP_benchmark metrics (``metrics.cb_retrieval_metrics``) count every caption line as its own
+    query, unmerged, and images without captions as misses.
+    """
     texts, text_images = caption_table(features)
     if not texts:
         raise KontrastError(
@@ -69,11 +74,19 @@ def run_retrieval(
             len(features.captions),
             dataset.spec,
         )
-    text_progress = (lambda n: progress("captions", n)) if progress else None
-    txt = text_features(
-        model, tokenizer, texts, cache_dir=cache_dir, use_cache=use_cache, progress=text_progress
-    )
-    metrics, ranks = M.retrieval_metrics(features.image, txt, text_images, RECALL_KS)
+    txt = text_features(model, tokenizer, texts, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    metrics, ranks = M.retrieval_metrics(features.image, txt, text_images, recall_k)
+    row_of_text = {t: i for i, t in enumerate(texts)}
+    caption_rows = [row_of_text[c] for caps in features.captions for c in caps]  # every caption, unmerged
+    caption_image = [i for i, caps in enumerate(features.captions) for _ in caps]
+    fits = [k for k in recall_k if k <= min(len(features.image), len(caption_rows))]
+    if len(fits) < len(recall_k):  # clip_benchmark itself stops with a torch.topk error there
+        logger.warning(
+            "recall@k for k > %d (images or captions of %s) is left out of the CLIP_benchmark metrics",
+            min(len(features.image), len(caption_rows)),
+            dataset.spec,
+        )
+    cb_metrics = M.cb_retrieval_metrics(features.image, txt[caption_rows], np.asarray(caption_image), fits)
     texts_per_image = np.bincount([i for imgs in text_images for i in imgs])
     texts_per_image = texts_per_image[texts_per_image > 0]  # distinct captions per queried image
     curves = {name: {str(k): M.recall_at_k(r, k) for k in CURVE_KS} for name, r in ranks.items()}
@@ -93,4 +106,4 @@ def run_retrieval(
         from .plots import plot_recall_curves
 
         details["plots"] = [plot_recall_curves(curves, out_dir / "recall_at_k.png")]
-    return metrics, details
+    return metrics, details, cb_metrics

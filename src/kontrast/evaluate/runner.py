@@ -1,23 +1,26 @@
-"""Run an evaluation task end to end: resolve the data, get (cached) features, score, write the report.
+"""Run one evaluation task end to end: resolve the data, get (cached) features, score, write the report.
 
 ```python
-from kontrast.evaluate import zeroshot_eval, retrieval_eval, linear_probe_eval, evaluate
-zeroshot_eval("default", "shared/data/emoji/emoji-google-val_concepts-000000.tar", label_field="name",
-              templates="an emoji of a {}.")  # -> {"top1": ..., "top5": ..., "mean_per_class_recall": ...}
+from kontrast.evaluate import ZeroShotOptions, RunOptions, evaluate, zeroshot_eval
+zeroshot_eval("default", "shared/data/emoji/emoji-google-val_concepts-000000.tar",
+              ZeroShotOptions(label_field="name", templates="an emoji of a {}."))
 record = evaluate("retrieval", model, "captions.csv", preprocess=preprocess, out_dir="runs/r1")
 ```
-``model`` is a loaded CLIP (then pass ``preprocess``; ``tokenizer`` defaults to the model's) or anything
-``kontrast.load`` accepts. ``evaluate`` returns the whole results record (see ``report``); the
-``*_eval`` helpers return its ``metrics``.
+``model`` is a loaded CLIP (``preprocess`` / ``tokenizer`` default to the model's) or anything
+``kontrast.load`` accepts. Each task takes its own options object (``options``); what every task shares
+(feature cache, batch size, workers, progress) is a ``RunOptions``. ``evaluate`` returns the whole
+results record (see ``report``) and leaves the model in the train/eval mode it was given in; the
+``*_eval`` helpers return the record's ``metrics``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +30,42 @@ from ..errors import KontrastError
 from .classification import label_indices, labelled, run_zeroshot
 from .datasets import EvalDataset, has_split, open_dataset, split_subfolders
 from .features import Features, default_cache_dir, image_features
-from .linear_probe import K_SHOTS, encode_labels, linear_probe
+from .linear_probe import encode_labels, linear_probe
+from .options import (
+    CB_TASK_NAMES,
+    OPTIONS_OF_TASK,
+    TASKS,
+    Data,
+    LinearProbeOptions,
+    RetrievalOptions,
+    RunOptions,
+    TaskOptions,
+    ZeroShotOptions,
+)
 from .report import write_results
 from .retrieval import run_retrieval
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("zeroshot", "retrieval", "linear-probe")
-Data = str | os.PathLike | Sequence[str | os.PathLike]
-Progress = Callable[[str, int], None]
+
+
+def normalise_task(task: str) -> str:
+    """``zeroshot`` / ``retrieval`` / ``linear-probe`` from kontrast's or CLIP_benchmark's spelling."""
+    aliases = {v: k for k, v in CB_TASK_NAMES.items()}
+    name = aliases.get(task, task.replace("_", "-"))
+    if name not in TASKS:
+        raise KontrastError(f"unknown task {task!r}; use one of: {', '.join(TASKS)} (or auto on the CLI)")
+    return name
+
+
+def model_preprocess(model: Any) -> Callable:
+    """The eval transform of a loaded model: the one place evaluation builds preprocessing itself.
+
+    Used only when the caller passed a model object without its ``preprocess``.
+    """
+    from ..preprocess import Preprocess
+
+    return Preprocess(model.image_size)
 
 
 def _resolve_model(
@@ -48,9 +78,7 @@ def _resolve_model(
         model, loaded_pre, loaded_tok = load(name)
         return model, preprocess or loaded_pre, tokenizer or loaded_tok, model_name or name
     if preprocess is None:
-        from ..preprocess import Preprocess
-
-        preprocess = Preprocess(model.image_size)
+        preprocess = model_preprocess(model)
     if tokenizer is None:
         from ..api import get_tokenizer
 
@@ -64,6 +92,23 @@ def _resolve_model(
     return model, preprocess, tokenizer, str(name)
 
 
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Put every submodule in eval mode, and give each its own mode back afterwards (even on error).
+
+    Per module, not ``model.train(flag)``: a fine-tuning loop may keep a locked tower in eval mode
+    while the rest trains, and evaluating in between must not change that.
+    """
+    modes = [(m, m.training) for m in model.modules()] if hasattr(model, "modules") else []
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _is_split_folder(data: Data) -> bool:
     """A dataset folder made of splits: only split subfolders, or .tar/.csv files at the top."""
     if not isinstance(data, (str, os.PathLike)) or not os.path.isdir(data):
@@ -73,54 +118,86 @@ def _is_split_folder(data: Data) -> bool:
 
 
 class _Context:
-    """What every task needs: the model triple and the feature options."""
+    """What every task needs: the model triple and the run options."""
 
-    def __init__(
-        self, model, preprocess, tokenizer, cache_dir, use_cache, batch_size, workers, progress
-    ) -> None:
-        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        self.use_cache, self.batch_size, self.workers, self.progress = (
-            use_cache,
-            batch_size,
-            workers,
-            progress,
-        )
+    def __init__(self, model: Any, preprocess: Callable, tokenizer: Callable, run: RunOptions) -> None:
+        self.model, self.preprocess, self.tokenizer, self.run = model, preprocess, tokenizer, run
+        self.cache_dir = Path(run.cache_dir).expanduser() if run.cache_dir else None
+
+    def progress(self, stage: str) -> Callable[[int], None] | None:
+        report = self.run.progress
+        return (lambda n: report(stage, n)) if report else None
 
     def features(self, dataset: EvalDataset) -> Features:
-        image_progress = (lambda n: self.progress("images", n)) if self.progress else None
+        run = self.run
         return image_features(
             self.model,
             self.preprocess,
             dataset,
             self.cache_dir,
-            self.use_cache,
-            self.batch_size,
-            self.workers,
-            image_progress,
+            run.use_cache,
+            run.batch_size,
+            run.workers,
+            self.progress("images"),
         )
 
     @property
     def classifier_cache(self) -> str | None:
         return str(self.cache_dir / "zeroshot") if self.cache_dir else None
 
+    @property
+    def text_cache(self) -> str:
+        return str(self.cache_dir or default_cache_dir())
 
-def _probe_data(
-    ctx: _Context,
-    data: Data,
-    split: str | None,
-    train_data: Data | None,
-    val_data: Data | None,
-    train_split: str | None,
-    val_split: str | None,
-    fields: dict[str, Any],
-):
+
+# ---- the three tasks ---------------------------------------------------------------------------------
+def _zeroshot(ctx: _Context, data: Data, opts: ZeroShotOptions, out: Path | None) -> dict[str, Any]:
+    dataset = open_dataset(
+        data, opts.split, label_field=opts.label_field, classnames=opts.classnames, language=opts.language
+    )
+    feats = ctx.features(dataset)
+    metrics, details, cb_metrics = run_zeroshot(
+        ctx.model,
+        ctx.tokenizer,
+        dataset,
+        feats,
+        opts.templates,
+        ctx.classifier_cache,
+        ctx.run.use_cache,
+        ctx.progress("prompts"),
+        out,
+    )
+    details["n_skipped_images"] = feats.skipped
+    return {"dataset": dataset.describe(), "metrics": metrics, "details": details, "cb_metrics": cb_metrics}
+
+
+def _retrieval(ctx: _Context, data: Data, opts: RetrievalOptions, out: Path | None) -> dict[str, Any]:
+    dataset = open_dataset(data, opts.split, caption_field=opts.caption_field, need="captions")
+    feats = ctx.features(dataset)
+    metrics, details, cb_metrics = run_retrieval(
+        ctx.model,
+        ctx.tokenizer,
+        dataset,
+        feats,
+        ctx.text_cache,
+        ctx.run.use_cache,
+        ctx.progress("captions"),
+        out,
+        opts.recall_k,
+    )
+    details["n_skipped_images"] = feats.skipped
+    return {"dataset": dataset.describe(), "metrics": metrics, "details": details, "cb_metrics": cb_metrics}
+
+
+def _probe_data(data: Data, opts: LinearProbeOptions) -> tuple[EvalDataset, EvalDataset, EvalDataset | None]:
+    fields = {"label_field": opts.label_field, "classnames": opts.classnames}
+    split, train_split, val_split = opts.split, opts.train_split, opts.val_split
     split_folder = _is_split_folder(data)
     if split is None and split_folder:
         split = "test" if has_split(data, "test") else "val" if has_split(data, "val") else None
     test = open_dataset(data, split, **fields)
-    if train_data is not None:
-        train = open_dataset(train_data, train_split, **fields)
+    if opts.train_data is not None:
+        train = open_dataset(opts.train_data, train_split, **fields)
     elif split_folder and has_split(data, train_split or "train"):
         train = open_dataset(data, train_split or "train", **fields)
     else:
@@ -129,8 +206,8 @@ def _probe_data(
             "with a train split)"
         )
     val = None
-    if val_data is not None:
-        val = open_dataset(val_data, val_split, **fields)
+    if opts.val_data is not None:
+        val = open_dataset(opts.val_data, val_split, **fields)
     elif split_folder and (val_split or "val") != split and has_split(data, val_split or "val"):
         val = open_dataset(data, val_split or "val", **fields)
     return test, train, val
@@ -144,22 +221,15 @@ def _labels(ctx: _Context, dataset: EvalDataset) -> tuple[np.ndarray, list[str]]
     return feats.image[rows], labels
 
 
-def _run_linear_probe(
-    ctx: _Context,
-    test: EvalDataset,
-    train: EvalDataset,
-    val: EvalDataset | None,
-    k_shots: Sequence[int],
-    seed: int,
-    out_dir: Path | None,
-) -> tuple[dict, dict]:
+def _linear_probe(ctx: _Context, data: Data, opts: LinearProbeOptions, out: Path | None) -> dict[str, Any]:
+    test, train, val = _probe_data(data, opts)
     x_train, train_labels = _labels(ctx, train)
     x_test, test_labels = _labels(ctx, test)
     x_val, val_labels = _labels(ctx, val) if val is not None else (None, [])
     _classes, (y_train, y_test, y_val) = encode_labels(
         train_labels + val_labels, train_labels, test_labels, val_labels
     )
-    step = (lambda msg: ctx.progress(msg, 0)) if ctx.progress else None
+    report = ctx.run.progress
     metrics, details = linear_probe(
         x_train,
         y_train,
@@ -167,88 +237,61 @@ def _run_linear_probe(
         y_test,
         x_val,
         y_val if val is not None else None,
-        k_shots=k_shots,
-        seed=seed,
-        progress=step,
+        k_shots=opts.k_shots,
+        seed=opts.seed,
+        progress=(lambda msg: report(msg, 0)) if report else None,
     )
     if details["n_test_unseen_class"]:
         logger.warning(
             "%d test images have a class absent from train/val; they count as errors",
             details["n_test_unseen_class"],
         )
-    if out_dir is not None:
+    if out is not None:
         from .plots import plot_c_sweep, plot_k_shot
 
-        details["plots"] = [plot_c_sweep(details["c_sweep"], metrics["best_C"], out_dir / "c_sweep.png")]
+        details["plots"] = [plot_c_sweep(details["c_sweep"], metrics["best_C"], out / "c_sweep.png")]
         if details["k_shot"]:
-            details["plots"].append(plot_k_shot(details["k_shot"], metrics["top1"], out_dir / "k_shot.png"))
-    return metrics, details
+            details["plots"].append(plot_k_shot(details["k_shot"], metrics["top1"], out / "k_shot.png"))
+    dataset = {**test.describe(), "train": train.describe(), "val": val.describe() if val else None}
+    return {"dataset": dataset, "metrics": metrics, "details": details, "cb_metrics": None}
+
+
+_RUNNERS = {"zeroshot": _zeroshot, "retrieval": _retrieval, "linear-probe": _linear_probe}
 
 
 def evaluate(
     task: str,
     model: Any,
     data: Data,
+    options: TaskOptions | None = None,
     *,
     preprocess: Callable | None = None,
     tokenizer: Callable | None = None,
     model_name: str | None = None,
-    split: str | None = None,
-    label_field: str | None = None,
-    caption_field: str | None = None,
-    classnames: str | os.PathLike | None = None,
-    templates: str | Sequence[str] | None = None,
-    train_data: Data | None = None,
-    val_data: Data | None = None,
-    train_split: str | None = None,
-    val_split: str | None = None,
-    k_shots: Sequence[int] = K_SHOTS,
-    seed: int = 0,
+    run: RunOptions | None = None,
     out_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    batch_size: int = 64,
-    workers: int = 0,
-    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run ``task`` (``zeroshot``, ``retrieval`` or ``linear-probe``) and return the results record.
 
-    With ``out_dir``, writes ``results.json``, ``results.md`` and the plots there. ``progress(stage, n)``
-    is called as images / prompts / captions are embedded (``n`` items) and at probe steps (``n = 0``).
+    ``options`` is the task's options object (``ZeroShotOptions``, ``RetrievalOptions``,
+    ``LinearProbeOptions``; default: its defaults). With ``out_dir``, writes ``results.json``,
+    ``results.md`` and the plots there. The model's train/eval mode is restored afterwards.
     """
-    task = task.replace("_", "-")
-    if task not in TASKS:
-        raise KontrastError(f"unknown task {task!r}; use one of: {', '.join(TASKS)}")
+    task = normalise_task(task)
+    expected = OPTIONS_OF_TASK[task]
+    if options is None:
+        options = expected()
+    elif not isinstance(options, expected):
+        raise KontrastError(
+            f"task {task!r} takes {expected.__name__}, not {type(options).__name__}; "
+            "each task has its own options object"
+        )
     start = time.time()
     model, preprocess, tokenizer, name = _resolve_model(model, preprocess, tokenizer, model_name)
-    model.eval()
-    ctx = _Context(model, preprocess, tokenizer, cache_dir, use_cache, batch_size, workers, progress)
     out = Path(out_dir) if out_dir is not None else None
-    fields = {"label_field": label_field, "caption_field": caption_field, "classnames": classnames}
-    if task == "linear-probe":
-        test, train, val = _probe_data(ctx, data, split, train_data, val_data, train_split, val_split, fields)
-        metrics, details = _run_linear_probe(ctx, test, train, val, k_shots, seed, out)
-        dataset_info = {**test.describe(), "train": train.describe(), "val": val.describe() if val else None}
-    else:
-        dataset = open_dataset(data, split, need="captions" if task == "retrieval" else "labels", **fields)
-        feats = ctx.features(dataset)
-        if task == "zeroshot":
-            metrics, details = run_zeroshot(
-                model, tokenizer, dataset, feats, templates, ctx.classifier_cache, use_cache, progress, out
-            )
-        else:
-            metrics, details = run_retrieval(
-                model,
-                tokenizer,
-                dataset,
-                feats,
-                str(ctx.cache_dir or default_cache_dir()),
-                use_cache,
-                progress,
-                out,
-            )
-        details["n_skipped_images"] = feats.skipped
-        dataset_info = dataset.describe()
+    with eval_mode(model):
+        ctx = _Context(model, preprocess, tokenizer, run or RunOptions())
+        result = _RUNNERS[task](ctx, data, options, out)
     from .. import __version__
     from ..api import fingerprint
 
@@ -258,26 +301,30 @@ def evaluate(
         "task": task,
         "model": name,
         "model_fingerprint": fingerprint(model),
-        "dataset": dataset_info,
-        "metrics": metrics,
-        "details": details,
+        "dataset": result["dataset"],
+        "metrics": result["metrics"],
+        "details": result["details"],
         "elapsed_s": round(time.time() - start, 2),
     }
+    if result["cb_metrics"] is not None:
+        record["clip_benchmark"] = {"task": CB_TASK_NAMES[task], "metrics": result["cb_metrics"]}
     if out is not None:
         write_results(record, out)
     return record
 
 
-def zeroshot_eval(model: Any, data: Data, **kwargs: Any) -> dict[str, float]:
-    """Zero-shot ``top1``, ``top5``, ``mean_per_class_recall`` (kwargs: see ``evaluate``)."""
-    return evaluate("zeroshot", model, data, **kwargs)["metrics"]
+def zeroshot_eval(model: Any, data: Data, options: ZeroShotOptions | None = None, **kwargs: Any) -> dict[str, float]:
+    """Zero-shot ``top1``, ``top5``, ``mean_per_class_recall`` (kwargs: ``evaluate``'s keywords)."""
+    return evaluate("zeroshot", model, data, options, **kwargs)["metrics"]
 
 
-def retrieval_eval(model: Any, data: Data, **kwargs: Any) -> dict[str, Any]:
-    """Retrieval recall@1/5/10 per direction, ``mean_rank`` and ``median_rank`` (kwargs: see ``evaluate``)."""
-    return evaluate("retrieval", model, data, **kwargs)["metrics"]
+def retrieval_eval(model: Any, data: Data, options: RetrievalOptions | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Retrieval recall@k per direction, ``mean_rank`` and ``median_rank`` (kwargs: ``evaluate``'s keywords)."""
+    return evaluate("retrieval", model, data, options, **kwargs)["metrics"]
 
 
-def linear_probe_eval(model: Any, data: Data, **kwargs: Any) -> dict[str, float]:
-    """Linear-probe ``top1``, ``best_C`` and ``top1_{k}shot`` (kwargs: see ``evaluate``)."""
-    return evaluate("linear-probe", model, data, **kwargs)["metrics"]
+def linear_probe_eval(
+    model: Any, data: Data, options: LinearProbeOptions | None = None, **kwargs: Any
+) -> dict[str, float]:
+    """Linear-probe ``top1``, ``best_C`` and ``top1_{k}shot`` (kwargs: ``evaluate``'s keywords)."""
+    return evaluate("linear-probe", model, data, options, **kwargs)["metrics"]
