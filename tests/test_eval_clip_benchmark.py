@@ -20,11 +20,11 @@ import pytest
 import kontrast
 from kontrast.cli import main
 from kontrast.errors import KontrastError
-from kontrast.evaluate import RunOptions, ZeroShotOptions, evaluate, open_dataset
+from kontrast.evaluate import evaluate, open_dataset
 from kontrast.evaluate.cb_model import load_kontrast
 
 sys.path.insert(0, str(Path(__file__).parent))
-import cb_support  # noqa: E402
+import cb_support
 
 pytest.importorskip("clip_benchmark")  # installed by .ci/run (pip install --no-deps clip_benchmark==1.6.2)
 
