@@ -163,8 +163,9 @@ def image_features(
 
     With the cache on, every finished unit (a shard, a chunk of files) is saved at once under
     ``img-<key>.parts/``, so a run that is killed resumes at the first unfinished unit; the parts are
-    merged into ``img-<key>.npz`` at the end. Unreadable images are skipped and counted; a dataset
-    with no readable image raises ``KontrastError``.
+    merged into ``img-<key>.npz`` at the end. Unreadable images are skipped and counted; a damaged
+    shard (part of it unreadable) is not cached, so the next run reads it again. A dataset with no
+    readable image raises ``KontrastError``.
     """
     from ..api import fingerprint
 
@@ -195,6 +196,7 @@ def image_features(
             logger.info("resuming %s: %d of %d units already embedded", dataset.spec, len(done), len(units))
     todo = [i for i in range(len(units)) if i not in done]
     first_skip: list[Any] = []
+    damaged = False
     results = embed_units(
         model,
         preprocess,
@@ -216,7 +218,8 @@ def image_features(
         )
         first_skip.extend(result.skipped[:1])
         done[index] = part
-        if use_cache:
+        damaged = damaged or bool(result.damaged)
+        if use_cache and not result.damaged:  # a damaged shard is read again next time, not cached
             _save_npz(parts_dir / f"unit-{index:06d}.npz", **_pack(part))
     feats = _concat([done[i] for i in range(len(units))], model.embed_dim)
     if feats.skipped:
@@ -233,7 +236,7 @@ def image_features(
             f"empty split: no readable image in {dataset.spec}"
             + (f" ({feats.skipped} unreadable)" if feats.skipped else "")
         )
-    if use_cache:
+    if use_cache and not damaged:
         _save_npz(path, **_pack(feats))
         shutil.rmtree(parts_dir, ignore_errors=True)
     return feats
