@@ -9,11 +9,36 @@ in ``cb_layout``), metric keys in ``report``, the feature cache in ``features``.
 
 from __future__ import annotations
 
-from .datasets import EvalDataset, open_dataset
-from .features import Features, default_cache_dir, image_features, text_features
-from .options import LinearProbeOptions, RetrievalOptions, RunOptions, ZeroShotOptions
-from .report import comparison_html, comparison_markdown, load_results, write_results
-from .runner import TASKS, evaluate, linear_probe_eval, retrieval_eval, zeroshot_eval
+import importlib
+from typing import Any
+
+from .options import TASKS, LinearProbeOptions, RetrievalOptions, RunOptions, ZeroShotOptions
+
+# The rest loads on first use (PEP 562), so that the CLI can read ``options`` without importing torch.
+_LAZY = {
+    "EvalDataset": "datasets",
+    "open_dataset": "datasets",
+    "Features": "features",
+    "default_cache_dir": "features",
+    "image_features": "features",
+    "text_features": "features",
+    "comparison_html": "report",
+    "comparison_markdown": "report",
+    "load_results": "report",
+    "write_results": "report",
+    "evaluate": "runner",
+    "linear_probe_eval": "runner",
+    "retrieval_eval": "runner",
+    "zeroshot_eval": "runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in ("features", "datasets", "report", "runner", "metrics"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "TASKS",
