@@ -55,6 +55,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -157,7 +158,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_test(index_dir: Path, args: argparse.Namespace, lock: bool) -> dict:
+def _proc_kb(pid: int, field: str) -> int:
+    """``VmHWM`` (peak RSS) or ``VmRSS`` of a process, in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def burst_images() -> list[tuple[str, bytes, str, int]]:
+    """Large uploads for the burst: ``(name, bytes, media type, expected status)``.
+
+    - the issue's 9400 x 9400 PNG (a few hundred KB, 88 M pixels: just under Pillow's bomb limit): above the
+      server's 25 M pixel cap, refused from its header (400) without decoding;
+    - a 4900 x 4900 PNG (24 M pixels, decoded in full: the largest PNG the server accepts);
+    - an 8000 x 6000 JPEG (48 M pixels): decoded at 1/2 scale by the JPEG decoder (12 M pixels).
+    """
+    import io
+
+    from PIL import Image, ImageDraw
+
+    def picture(w: int, h: int) -> Image.Image:
+        img = Image.new("RGB", (w, h), (40, 90, 160))
+        draw = ImageDraw.Draw(img)
+        for i in range(0, max(w, h), max(w, h) // 40):
+            draw.line([(i, 0), (0, i)], fill=(200, (i * 7) % 256, 60), width=9)
+        return img
+
+    out = []
+    for name, (w, h), fmt, expect in (("bomb.png", (9400, 9400), "PNG", 400), ("large.png", (4900, 4900), "PNG", 200),
+                                      ("large.jpg", (8000, 6000), "JPEG", 200)):
+        buf = io.BytesIO()
+        picture(w, h).save(buf, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+        out.append((name, buf.getvalue(), f"image/{fmt.lower().replace('jpg', 'jpeg')}", expect))
+    return out
+
+
+def load_test(index_dir: Path, args: argparse.Namespace, lock: bool,
+              burst: list[tuple[str, bytes, str, int]] | None = None) -> dict:
+    """``args.requests`` small requests from ``args.clients`` clients; with ``burst``, ``args.burst`` large
+    uploads at once, again and again while the small requests run. Returns latencies, errors and the server's
+    RSS (peak, and after the burst when it went idle)."""
     import httpx
 
     port = _free_port()
@@ -200,13 +242,44 @@ def load_test(index_dir: Path, args: argparse.Namespace, lock: bool) -> dict:
                     lat.append((time.perf_counter() - t) * 1000)
             return lat, errors
 
+        base_kb = _proc_kb(server.pid, "VmRSS")
+        done = threading.Event()
+        burst_status: list[tuple[str, int]] = []
+
+        def one_large(item) -> tuple[str, int]:
+            name, data, media, _ = item
+            try:
+                with httpx.Client(base_url=url, timeout=300) as http:
+                    return name, http.post("/embed", files={"file": (name, data, media)}).status_code
+            except httpx.HTTPError:
+                return name, -1
+
+        def bursts() -> None:
+            rounds = 0
+            with concurrent.futures.ThreadPoolExecutor(args.burst) as pool:
+                while not done.is_set() and rounds < args.burst_rounds:
+                    items = [burst[i % len(burst)] for i in range(args.burst)]
+                    burst_status.extend(pool.map(one_large, items))
+                    rounds += 1
+
+        burster = threading.Thread(target=bursts) if burst else None
         t = time.perf_counter()
+        if burster is not None:
+            burster.start()
         with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
             results = list(pool.map(client, per_client))
         wall = time.perf_counter() - t
+        done.set()
+        if burster is not None:
+            burster.join()
+        time.sleep(2.0)  # idle: the decode gate has handed memory back
         lat = [x for r in results for x in r[0]]
+        expected = {name: status for name, _, _, status in burst or []}
+        wrong = [(n, s) for n, s in burst_status if s != expected[n]]
         return {"lock": lock, "clients": args.clients, "requests": len(lat), "errors": sum(r[1] for r in results),
-                "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "rps": len(lat) / wall}
+                "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "rps": len(lat) / wall,
+                "burst": len(burst_status), "burst_wrong": wrong, "base_mb": base_kb / 1024,
+                "peak_mb": _proc_kb(server.pid, "VmHWM") / 1024, "after_mb": _proc_kb(server.pid, "VmRSS") / 1024}
     finally:
         server.terminate()
         try:
@@ -250,6 +323,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--index", default=None, help="existing index for the load test")
+    parser.add_argument("--burst", type=int, default=0,
+                        help="large uploads sent at once, again and again, beside the load test (0: none)")
+    parser.add_argument("--burst-rounds", type=int, default=3, help="at most this many bursts")
     parser.add_argument("--images", default=str(SHARED / "data" / "emoji_sample" / "captions.csv"))
     parser.add_argument("--model", default=str(SHARED / "fixtures" / "openai_vit.pt")
                         if (SHARED / "fixtures" / "openai_vit.pt").exists() else "default")
@@ -278,14 +354,25 @@ def main() -> None:
     if not args.skip_server:
         with tempfile.TemporaryDirectory() as tmp:
             index_dir = build_server_index(args, Path(tmp) / "idx")
-            results = [load_test(index_dir, args, lock=True), load_test(index_dir, args, lock=False)]
+            burst = burst_images() if args.burst else None
+            if burst:
+                sizes = ", ".join(f"{n} {len(d) / 1024:.0f} KB (expect {e})" for n, d, _, e in burst)
+                print(f"burst uploads: {sizes}", flush=True)
+            results = [load_test(index_dir, args, lock=True, burst=burst)]
+            if not burst:
+                results.append(load_test(index_dir, args, lock=False))
         print(f"\nServer load test: {args.clients} concurrent clients, {args.requests} requests "
-              f"(3 GET /search text : 1 POST /search image), index {args.index or args.images}, model {args.model}")
-        print(f"{'model lock':<11} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+              f"(3 GET /search text : 1 POST /search image), index {args.index or args.images}, model {args.model}"
+              + (f"; beside bursts of {args.burst} large uploads (POST /embed)" if burst else ""))
+        print(f"{'model lock':<11} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} "
+              f"{'large':>6} {'RSS base MB':>11} {'peak MB':>8} {'after MB':>8}")
         for r in results:
             print(f"{'on' if r['lock'] else 'off':<11} {r['requests']:>8} {r['errors']:>6} {r['p50']:>8.1f} "
-                  f"{r['p99']:>8.1f} {r['rps']:>7.1f}")
-        if any(r["errors"] for r in results):
+                  f"{r['p99']:>8.1f} {r['rps']:>7.1f} {r['burst']:>6} {r['base_mb']:>11.0f} {r['peak_mb']:>8.0f} "
+                  f"{r['after_mb']:>8.0f}")
+            for name, status in r["burst_wrong"][:5]:
+                print(f"  large upload {name}: status {status}, not the expected one")
+        if any(r["errors"] or r["burst_wrong"] for r in results):
             raise SystemExit("load test had errors")
 
 

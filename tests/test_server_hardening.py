@@ -6,6 +6,7 @@ before loading the model. Loopback only; every wait is bounded."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import shutil
 import socket
@@ -102,7 +103,9 @@ def test_pixel_cap_refuses_or_drafts(built):
 
 
 def test_concurrent_decodes_are_bounded(built):
-    """Eight simultaneous uploads: at most ``max_decodes`` images are decoded and preprocessed at once."""
+    """Eight simultaneous large uploads: at most ``max_decodes`` are decoded and preprocessed at once; a small
+    upload does not wait behind them."""
+    large = _encoded(Image.new("RGB", (1500, 1200), (90, 90, 20)), "PNG")  # 1.8 M pixels: takes a slot
     with _client(built, max_decodes=2) as c:
         searcher = c.app.state.searcher
         inner = searcher.preprocess
@@ -123,14 +126,19 @@ def test_concurrent_decodes_are_bounded(built):
                     state["now"] -= 1
 
         searcher.preprocess = slow_preprocess
-        data = _png(built)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda _: c.post("/embed", files={"file": ("q.png", data, "image/png")}).status_code,
+            codes = list(pool.map(lambda _: c.post("/embed", files={"file": ("l.png", large, "image/png")}).status_code,
                                   range(8)))
         assert codes == [200] * 8
         assert state["peak"] <= 2, state
+        searcher.preprocess = inner
         gate = searcher.gate
-        assert gate.max_concurrent == 2
+        with contextlib.ExitStack() as held:  # both slots taken, as during a burst of large uploads
+            for _ in range(gate.max_concurrent):
+                held.enter_context(gate.slot())
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                small = pool.submit(lambda: c.post("/embed", files={"file": ("s.png", _png(built), "image/png")}))
+                assert small.result(timeout=120).status_code == 200
 
 
 def test_memory_handed_back_after_a_burst(built):

@@ -90,8 +90,10 @@ def _open(src: ImageInput, name: str) -> Image.Image:
         fp: object = io.BytesIO(bytes(src))
     elif isinstance(src, (str, os.PathLike)):
         fp = os.fspath(src)
+    elif hasattr(src, "read") and hasattr(src, "seek"):  # a binary file (an upload's spool): read lazily
+        fp = src
     else:
-        raise TypeError(f"expected a PIL image, a path or bytes, got {type(src).__name__}")
+        raise TypeError(f"expected a PIL image, a path, bytes or a binary file, got {type(src).__name__}")
     try:
         with warnings.catch_warnings():  # the warning (1x..2x the limit) is an error here, like the 2x error
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -139,10 +139,12 @@ def _serve(args: argparse.Namespace, sock: socket.socket, token: str | None, all
     import faiss
     import uvicorn
 
+    from ..search.decode import return_large_allocations
     from ..search.query import Searcher
     from ..search.server import ServerOptions, create_app, uvicorn_config
 
     faiss.omp_set_num_threads(max(1, args.faiss_threads))
+    return_large_allocations()  # decoded pictures go back to the system when freed (search/decode.py)
     searcher = Searcher.open(args.index, model=args.model, pretrained=args.pretrained, device=args.device,
                              precision=args.precision, backend=getattr(args, "backend", "torch"),
                              lock=not args.no_model_lock)

@@ -89,7 +89,7 @@ class Searcher:
     def pixels(self, image: Any, name: str = "upload") -> torch.Tensor:
         """Preprocessed ``[3, H, W]`` pixels of one image (path, bytes, binary file or PIL image).
 
-        With a ``gate``, bytes and files are read and decoded inside one of its slots, under its pixel cap.
+        With a ``gate``, the image is decoded under its pixel cap, large ones one slot at a time.
         """
         from ..preprocess import load_image
 
@@ -98,12 +98,8 @@ class Searcher:
                 image.seek(0)
                 image = image.read()
             return self.preprocess(load_image(image))
-        with self.gate.slot():
-            img = self.gate.open(image, name)
-            try:
-                return self.preprocess(img)
-            finally:
-                img.close()
+        with self.gate.decoded(image, name) as img:
+            return self.preprocess(img)
 
     def encode_image(self, image: Any, name: str = "upload") -> np.ndarray:
         """Normalised embedding [D] of one image (path, bytes, binary file or PIL image); ``ImageError`` if unreadable."""
