@@ -16,7 +16,8 @@ and for classification / multilabel ``classnames.txt`` (+ ``classnames_{lang}.tx
 the class name). A sample is ``<key>.webp`` (lossless, so pixels are exactly the source's; ``--image-format
 png`` copies the PNG bytes) with ``<key>.cls`` (class index), ``<key>.npy`` (0/1 vector over the classes)
 or ``<key>.txt`` (one caption per line, from ``--caption-fields``). Classes are the sorted distinct values
-(multilabel: the ``--top-classes`` most frequent list items, ties by name). The split is kept as it is in
+(multilabel: the ``--top-classes`` most frequent list items, ties by name); a second split written into
+the same folder keeps the first one's ``classnames.txt``. The split is kept as it is in
 the source (``--split`` only names the output folder), so the source's concept split still holds. Output
 is deterministic (same input and Pillow, same bytes; the pixels are the source's in any case).
 """
@@ -92,6 +93,13 @@ def convert(args: argparse.Namespace) -> Path:
     elif args.type == "multilabel":
         counts = Counter(v for s in samples for v in set(_field_values(s["meta"], args.label_field)))
         classes = sorted(sorted(counts, key=lambda c: (-counts[c], c))[: args.top_classes])
+    existing = out / "classnames.txt"
+    if classes and existing.is_file():  # another split of the same dataset: keep its class indices
+        known = existing.read_text(encoding="utf-8").splitlines()
+        new = [c for c in classes if c not in known]
+        if new and args.type == "classification":
+            sys.exit(f"{existing} has no class {new[0]!r} of this split; convert the splits into separate folders")
+        classes = known
     members = []
     for i, sample in enumerate(samples):
         key = f"s{i:06d}"

@@ -266,3 +266,19 @@ def test_converter_is_deterministic_and_lossless(data_dir, tmp_path):
 
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(source.data)).convert("RGB")),
                           np.asarray(Image.open(io.BytesIO(converted.data)).convert("RGB")))
+
+
+def test_linear_probe_on_a_clip_benchmark_folder(data_dir, tmp_path, fixtures_dir):
+    convert = cb_support.converter()
+    root = tmp_path / "wds_emoji_splits"
+    emoji = data_dir / "emoji"
+    convert.main([str(emoji / "emoji-google-train-000000.tar"), "--out", str(root), "--split", "train",
+                  "--label-field", "category", "--limit", "60"])
+    convert.main([str(emoji / "emoji-google-val_concepts-000000.tar"), "--out", str(root), "--split", "test",
+                  "--label-field", "category", "--limit", "30"])
+    from kontrast.evaluate import LinearProbeOptions
+
+    record = evaluate("linear-probe", str(fixtures_dir / "openai_vit.pt"), root, LinearProbeOptions(k_shots=()))
+    assert record["dataset"]["split"] == "test" and record["dataset"]["train"]["split"] == "train"
+    assert record["details"]["n_test"] == 30 and "clip_benchmark" not in record  # no CLIP_benchmark file
+    assert 0.0 <= record["metrics"]["top1"] <= 1.0
