@@ -91,3 +91,36 @@ def test_classify_many_labels_shows_progress(tmp_path, fixtures_dir, data_dir, m
     zs.clear_memory_cache()
     assert main([*args, "--no-cache", "--no-progress"]) == 0
     assert "embedding label prompts" not in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling this runs ``os.system``: what a crafted checkpoint would do."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_load_never_runs_code_from_a_pickle(tmp_path, fixtures_dir, capsys):
+    """README, Security: state dicts (.pt/.bin, HF pytorch_model.bin) are read with weights_only=True."""
+    import kontrast
+    from kontrast.errors import CheckpointError
+
+    marker = tmp_path / "pwned"
+    sd = dict(_state_dict(fixtures_dir))
+    bare = tmp_path / "model.pt"
+    torch.save({**sd, "payload": _Payload(marker)}, bare)
+    nested = tmp_path / "nested.bin"
+    torch.save({"state_dict": sd, "epoch": _Payload(marker)}, nested)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    torch.save({"payload": _Payload(marker)}, hf / "pytorch_model.bin")
+    for path in (bare, nested, hf):
+        with pytest.raises(CheckpointError):
+            kontrast.load(str(path))
+        assert main(["info", str(path)]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert not marker.exists()
