@@ -139,6 +139,12 @@ def test_cli_several_models_and_datasets(tmp_path, fixtures_dir, capsys):
     out = capsys.readouterr().out
     assert "2 runs done, 0 skipped" in out
     assert main(argv) == 0 and "0 runs done, 2 skipped" in capsys.readouterr().out
+    single = argv[:2] + [argv[2]] + argv[4:-4] + ["--out", str(tmp_path / "single"), "--workers", "0"]
+    assert main(single) == 0 and (tmp_path / "single" / "results.json").is_file()
+    capsys.readouterr()
+    assert main(single) == 0  # a single run done before: its results shown again, nothing recomputed
+    shown = capsys.readouterr()
+    assert "done already" in shown.err and "top1" in shown.out
     bench = tmp_path / "bench.yaml"
     bench.write_text(
         f"models: [{fixtures_dir / 'openai_vit.pt'}]\n"

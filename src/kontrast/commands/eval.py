@@ -255,7 +255,11 @@ def run(args: argparse.Namespace) -> int:
     def event(what: str, run, record) -> None:
         bars.close()
         if what == "skip":
-            print(f"skipped (done already; --overwrite recomputes): {run.name()}", file=sys.stderr)
+            print(f"done already (--overwrite recomputes): {run.name()}", file=sys.stderr)
+            if single:  # show the results it has
+                import json
+
+                _print_record(json.loads((out / "results.json").read_text(encoding="utf-8")), out)
         elif what == "start" and not single:
             print(f"running {run.name()}", file=sys.stderr)
         elif what == "done":
