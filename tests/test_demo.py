@@ -108,7 +108,10 @@ def test_classify_and_search_rank_by_similarity() -> None:
     fake = SimpleNamespace(logit_scale=torch.tensor(4.6052))  # exp = 100
     result = demo.classify(fake, img, txt, samples, labels)
     assert [c.rank for c in result] == [1, 1, 1, 1]
-    assert all(c.top[0] == (c.label, pytest.approx(c.top[0][1])) and c.top[0][1] > 0.9 for c in result)
+    probs = (torch.tensor(4.6052).exp() * img @ txt.T).softmax(-1)  # [4, C], computed here by hand
+    for i, c in enumerate(result):
+        assert c.top[0][0] == c.label == labels[i]
+        assert c.top[0][1] == pytest.approx(float(probs[i, i]), rel=1e-5) and c.top[0][1] > 0.9
 
 
 def test_labels_and_articles() -> None:

@@ -14,12 +14,14 @@ __version__ = "0.1.0"
 
 # Public names, imported lazily so that ``import kontrast`` stays cheap (no torch work at import time).
 _EXPORTS = {
-    "load": "api", "create_model": "api", "list_models": "api", "list_pretrained": "api", "save": "api", "export": "api",
-    "fingerprint": "api", "get_model_config": "api", "get_tokenizer": "api",
+    "load": "api", "create_model": "api", "list_models": "architectures", "list_pretrained": "api", "save": "api", "export": "api",
+    "fingerprint": "record", "get_model_config": "architectures", "get_tokenizer": "api",
+    "ModelRecord": "record", "PreprocessConfig": "record", "TokenizerConfig": "record", "Provenance": "record",
+    "build_preprocess": "record", "build_tokenizer": "record",
     "tokenize": "tokenizer", "Tokenizer": "tokenizer",
     "Preprocess": "preprocess", "image_transform": "preprocess",
     "CLIP": "models", "ModelConfig": "config", "VisionConfig": "config", "TextConfig": "config",
-    "KontrastError": "errors",
+    "KontrastError": "errors", "ConfigError": "errors",
 }
 
 

@@ -220,7 +220,7 @@ def search(model, tokenizer, img: torch.Tensor, samples: Sequence[SampleImage],
 
 def describe_model(model, name: str) -> dict:
     """Identity of the model for the report: fingerprint, towers, sizes, checkpoint path."""
-    from .api import fingerprint
+    from .record import fingerprint
 
     cfg = model.config
     vision = (f"ResNet {cfg.vision.layers}, width {cfg.vision.width}" if cfg.vision.is_resnet else

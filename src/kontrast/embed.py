@@ -204,7 +204,7 @@ class EmbedJob:
     # -- preparation --
     def prepare(self) -> None:
         from . import __version__
-        from .api import fingerprint
+        from .record import fingerprint
 
         paths = [os.path.abspath(p) for p in expand_paths(self.spec)]
         self.source = open_source(paths, follow_symlinks=self.follow_symlinks)

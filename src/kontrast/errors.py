@@ -22,3 +22,8 @@ class ImageError(KontrastError):
 
 class OfflineError(KontrastError):
     """A download was needed but the hub cannot be reached."""
+
+
+class ConfigError(CheckpointError):
+    """A config key or value that kontrast does not implement (or cannot write): loading or exporting it would
+    silently give another model, so it is refused with the key, the value and the file."""

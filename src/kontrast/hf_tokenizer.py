@@ -15,7 +15,7 @@ from .errors import KontrastError
 
 
 class HFTokenizer:
-    def __init__(self, folder: str | Path, context_length: int = 77) -> None:
+    def __init__(self, folder: str | Path, context_length: int = 77, pad_id: int | None = None) -> None:
         try:
             from tokenizers import Tokenizer as RustTokenizer
         except ImportError as exc:
@@ -26,8 +26,8 @@ class HFTokenizer:
         self.folder = Path(folder)
         self.context_length = context_length
         self._tok = RustTokenizer.from_file(str(path))
-        pad = self._tok.token_to_id("[PAD]")
-        self.pad_token_id = 0 if pad is None else pad
+        pad = self._tok.token_to_id("[PAD]") if pad_id is None else pad_id  # None: the files' own [PAD]
+        self.pad_token_id = 0 if pad is None else int(pad)
         self._tok.enable_truncation(max_length=context_length)
         self._tok.enable_padding(pad_id=self.pad_token_id, length=context_length)
         self.last_truncated: list[int] = []

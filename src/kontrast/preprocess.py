@@ -3,11 +3,13 @@
 Exact eval transform (``Preprocess(fast=False)``), the same steps open_clip's ``image_transform(size,
 is_train=False)`` runs through torchvision on a PIL image, reproduced with PIL + numpy only:
 
-1. resize with PIL ``BICUBIC`` in the image's OWN mode (Pillow resizes RGBA/LA with premultiplied alpha
-   and forces NEAREST for 'P' and '1'); ``"shortest"``: shorter side -> size, longer side
-   ``int(size * long / short)`` (truncated); skipped when the size already matches;
-2. center crop with offset ``int(round((L - size) / 2.0))`` (Python's round-half-to-even), zero padding
-   when the image is smaller than the crop;
+1. resize with PIL ``BICUBIC`` (or ``BILINEAR``, as the model's record says) in the image's OWN mode (Pillow
+   resizes RGBA/LA with premultiplied alpha and forces NEAREST for 'P' and '1'); ``"shortest"``: shorter
+   side -> size, longer side ``int(size * long / short)`` (truncated); ``"longest"``: longer side -> size,
+   both sides ``round(side / ratio)``; ``"squash"``: both sides -> size; skipped when the size already matches;
+2. center crop with offset ``int(round((L - size) / 2.0))`` (Python's round-half-to-even), padding with the
+   fill value (0 unless the record says otherwise) when the image is smaller than the crop; no crop when
+   squashing;
 3. ``convert("RGB")`` AFTER resize and crop (alpha dropped, no compositing);
 4. ``(uint8 / 255 - mean) / std`` in float32. A 256-entry table per channel holds exactly these float32
    values, so the lookup is bit-identical to the arithmetic and cheaper.
@@ -40,12 +42,9 @@ import torch
 from PIL import Image
 
 from .errors import ImageError
+from .record import INTERPOLATIONS, OPENAI_MEAN, OPENAI_STD, RESIZE_MODES, PreprocessConfig
 
-OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-RESIZE_MODES = ("shortest", "longest", "squash")
-#: PIL filters of the resize step by name (open_clip's ``interpolation``; HF ``resample`` 2 / 3).
-INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 #: Pillow's ``reducing_gap`` in fast mode: 3.0 is the value Pillow documents as visually lossless.
 REDUCING_GAP = 3.0
@@ -181,9 +180,28 @@ def _center_box(w: int, h: int, target_hw: tuple[int, int]) -> tuple[int, int, i
     return left, top, left + tw, top + th
 
 
+def _crop_or_pad(img: Image.Image, target_hw: tuple[int, int], fill: int = 0) -> Image.Image:
+    """torchvision's CenterCrop / open_clip's CenterCropOrPad: where the image is smaller than the crop it is
+    padded first, ``(crop - length) // 2`` before it, with ``fill`` in every band (a palette index for 'P')."""
+    w, h = img.size
+    box = _center_box(w, h, target_hw)
+    if box == (0, 0, w, h):
+        return img
+    inside = box[0] >= 0 and box[1] >= 0 and box[2] <= w and box[3] <= h
+    if inside or fill == 0:  # PIL fills what lies outside the image with zeros (index 0 for 'P')
+        return img.crop(box)
+    bands = len(img.getbands())
+    canvas = Image.new(img.mode, (box[2] - box[0], box[3] - box[1]), fill if bands == 1 else (fill,) * bands)
+    if img.mode == "P":
+        canvas.putpalette(img.getpalette())
+    src = (max(box[0], 0), max(box[1], 0), min(box[2], w), min(box[3], h))
+    canvas.paste(img.crop(src), (src[0] - box[0], src[1] - box[1]))
+    return canvas
+
+
 def _fast_region(img: Image.Image, name: str, draft: bool, box: tuple[float, float, float, float],
-                 out_wh: tuple[int, int]) -> Image.Image:
-    """Bicubic-resample ``box`` (source pixel coordinates) of a possibly undecoded image to ``out_wh``,
+                 out_wh: tuple[int, int], resample: int = Image.Resampling.BICUBIC) -> Image.Image:
+    """Resample ``box`` (source pixel coordinates) of a possibly undecoded image to ``out_wh``,
     letting the JPEG decoder downscale first (only if ``draft``) as far as keeps the box >= out_wh."""
     w, h = img.size
     fx = fy = 1.0
@@ -197,7 +215,7 @@ def _fast_region(img: Image.Image, name: str, draft: bool, box: tuple[float, flo
             fx, fy = res[1][2] / w, res[1][3] / h
     _decode(img, name)
     scaled = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-    return img.resize(out_wh, Image.Resampling.BICUBIC, box=scaled, reducing_gap=REDUCING_GAP)
+    return img.resize(out_wh, resample, box=scaled, reducing_gap=REDUCING_GAP)
 
 
 # ------------------------------------------------------------------------------------------ normalise
@@ -251,17 +269,23 @@ def _pil_failure(name: str, exc: Exception) -> ImageError:
 class Preprocess:
     """The eval transform: image (PIL, path or bytes) -> normalised float32 tensor [3, H, W].
 
-    ``resize_mode``: ``"shortest"`` (resize the shorter side, center crop; OpenAI/open_clip default),
-    ``"longest"`` (resize the longer side, zero-pad to the square) or ``"squash"`` (resize both sides,
-    ignoring the aspect ratio). ``interpolation``: ``"bicubic"`` or ``"bilinear"`` (the resize filter).
-    ``rgb_first=True`` converts to RGB BEFORE resizing, compositing transparency onto white, as Hugging Face image
-    processors do (open_clip converts after resizing and drops alpha; the two differ on RGBA and palette images). ``fast=True``: see the module docstring (not bit-exact).
-    Picklable, so it can be handed to DataLoader workers.
+    Build it from a model's record (``kontrast.record.build_preprocess`` / ``Preprocess.from_config``) so it
+    matches the model. Steps, as open_clip's ``image_transform(is_train=False)`` runs them through torchvision:
+    resize to ``resize_size`` (default: ``image_size``) by ``resize_mode`` -- ``"shortest"`` side (torchvision
+    ``Resize(int)``: the long side is truncated), ``"longest"`` side (open_clip ``ResizeKeepRatio``: both sides
+    rounded) or ``"squash"`` (both sides) -- with PIL ``interpolation`` (``"bicubic"`` or ``"bilinear"``;
+    open_clip resizes a non-square ``"shortest"`` target bicubically whatever it is told, and so does this);
+    then, if ``crop`` (default: unless squashing), a centre crop to ``image_size`` that pads with ``fill``
+    (open_clip ``CenterCropOrPad``); then RGB and normalisation. ``rgb_first=True`` converts to RGB BEFORE
+    resizing, compositing transparency onto white, as Hugging Face image processors do (open_clip converts after
+    resizing and drops alpha; the two differ on RGBA and palette images). ``fast=True``: see the module docstring (not
+    bit-exact). Picklable, so it can be handed to DataLoader workers.
     """
 
     def __init__(self, image_size: int | Sequence[int] = 224, mean: Sequence[float] = OPENAI_MEAN,
                  std: Sequence[float] = OPENAI_STD, resize_mode: str = "shortest",
-                 fast: bool = False, interpolation: str = "bicubic", rgb_first: bool = False) -> None:
+                 fast: bool = False, interpolation: str = "bicubic", resize_size: int | None = None,
+                 crop: bool | None = None, fill: int = 0, rgb_first: bool = False) -> None:
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize_mode {resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
         if interpolation not in INTERPOLATIONS:
@@ -272,8 +296,21 @@ class Preprocess:
         if min(self.target_hw) < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.resize_mode = resize_mode
+        self.interpolation = interpolation
+        self.resize_hw = self.target_hw if resize_size is None else _target_hw(resize_size)
+        self.crop = resize_mode != "squash" if crop is None else bool(crop)
+        if not self.crop and resize_mode != "squash":
+            raise ValueError("crop=False needs resize_mode='squash' (otherwise the output size varies)")
+        self.fill = int(fill)
         self.fast = bool(fast)
         self.normalize = _Normalizer(mean, std)
+
+    @classmethod
+    def from_config(cls, cfg: PreprocessConfig, image_size: int | Sequence[int], fast: bool = False) -> Preprocess:
+        """The transform a record's ``PreprocessConfig`` describes, at the model's ``image_size``."""
+        return cls(image_size, mean=cfg.mean, std=cfg.std, resize_mode=cfg.resize_mode, fast=fast,
+                   interpolation=cfg.interpolation, resize_size=cfg.resize_size, crop=cfg.crop, fill=cfg.fill,
+                   rgb_first=cfg.rgb_first)
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -283,17 +320,27 @@ class Preprocess:
     def std(self) -> tuple[float, ...]:
         return self.normalize.std
 
+    @property
+    def config(self) -> PreprocessConfig:
+        """This transform as a record's ``PreprocessConfig``."""
+        size = None if self.resize_hw == self.target_hw else self.resize_hw[0]
+        return PreprocessConfig(mean=self.mean, std=self.std, interpolation=self.interpolation,  # type: ignore[arg-type]
+                                resize_mode=self.resize_mode, resize_size=size, crop=self.crop, fill=self.fill,
+                                rgb_first=self.rgb_first)
+
     def __repr__(self) -> str:
+        extra = "" if self.resize_hw == self.target_hw else f", resize_size={self.resize_hw[0]}"
+        extra += "" if self.crop == (self.resize_mode != "squash") else f", crop={self.crop}"
+        extra += "" if not self.fill else f", fill={self.fill}"
         return (f"Preprocess(image_size={self.image_size}, resize_mode={self.resize_mode!r}, "
-                f"interpolation={self.interpolation!r}, rgb_first={self.rgb_first}, "
-                f"fast={self.fast}, mean={self.mean}, std={self.std})")
+                f"interpolation={self.interpolation!r}{extra}, rgb_first={self.rgb_first}, fast={self.fast}, mean={self.mean}, std={self.std})")
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
         name = _describe(image)
         owned = not isinstance(image, Image.Image)
         img = load_image(image, decode=not self.fast)
         try:
-            fast = self.fast and self.interpolation == "bicubic" and not self.rgb_first
+            fast = self.fast and not self.rgb_first  # the fast path converts after resizing
             out = self._fast(img, name, owned) if fast else self._exact(img)
             rgb = _rgb_array(out)
         except DECODE_ERRORS as exc:  # PIL refusing a mode / corrupt data (ImageError passes through)
@@ -311,32 +358,33 @@ class Preprocess:
             out[i] = self(image)
         return out
 
+    def _resample(self) -> int:
+        if self.resize_mode == "shortest" and self.resize_hw[0] != self.resize_hw[1]:
+            return Image.Resampling.BICUBIC  # open_clip: ResizeKeepRatio(image_size) keeps its bicubic default
+        return _RESAMPLE[self.interpolation]
+
     def _exact(self, img: Image.Image) -> Image.Image:
-        if getattr(self, "rgb_first", False) and img.mode != "RGB":
+        if self.rgb_first and img.mode != "RGB":
             img = _rgb_on_white(img)
-        new_wh = _resized_size(*img.size, self.target_hw, self.resize_mode)
+        new_wh = _resized_size(*img.size, self.resize_hw, self.resize_mode)
         if new_wh != img.size:
-            img = img.resize(new_wh, INTERPOLATIONS[getattr(self, "interpolation", "bicubic")])
-        if self.resize_mode != "squash":
-            box = _center_box(*img.size, self.target_hw)
-            if box != (0, 0, *img.size):
-                img = img.crop(box)
-        return img
+            img = img.resize(new_wh, self._resample())
+        return _crop_or_pad(img, self.target_hw, self.fill) if self.crop else img
 
     def _fast(self, img: Image.Image, name: str, owned: bool) -> Image.Image:
         if img.mode in ("1", "P"):  # Pillow resizes these NEAREST: cheap already, and box-resizing
             _decode(img, name)  # them would pick different source pixels
             return self._exact(img)
         w, h = img.size
-        new_w, new_h = _resized_size(w, h, self.target_hw, self.resize_mode)
-        crop = None if self.resize_mode == "squash" else _center_box(new_w, new_h, self.target_hw)
+        new_w, new_h = _resized_size(w, h, self.resize_hw, self.resize_mode)
+        crop = _center_box(new_w, new_h, self.target_hw) if self.crop else None
         if crop is not None and crop[0] >= 0 and crop[1] >= 0 and crop[2] <= new_w and crop[3] <= new_h:
             # resample only the crop region: its box in source coordinates, straight to the crop size
             sx, sy = w / new_w, h / new_h
             box = (crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy)
-            return _fast_region(img, name, owned, box, (crop[2] - crop[0], crop[3] - crop[1]))
-        out = _fast_region(img, name, owned, (0.0, 0.0, float(w), float(h)), (new_w, new_h))
-        return out if crop is None else out.crop(crop)
+            return _fast_region(img, name, owned, box, (crop[2] - crop[0], crop[3] - crop[1]), self._resample())
+        out = _fast_region(img, name, owned, (0.0, 0.0, float(w), float(h)), (new_w, new_h), self._resample())
+        return out if crop is None else _crop_or_pad(out, self.target_hw, self.fill)
 
 
 class TrainTransform:
@@ -437,8 +485,8 @@ class TrainTransform:
 
 def image_transform(image_size: int | Sequence[int], is_train: bool = False,
                     mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD,
-                    fast: bool = False, resize_mode: str = "shortest",
-                    **train_kwargs: object) -> Callable[[ImageInput], torch.Tensor]:
+                    fast: bool = False, resize_mode: str = "shortest", interpolation: str = "bicubic",
+                    fill: int = 0, **train_kwargs: object) -> Callable[[ImageInput], torch.Tensor]:
     """open_clip-like factory: the train transform if ``is_train`` (``train_kwargs`` go to
     ``TrainTransform``: scale, ratio, hflip, seed, generator), else the eval ``Preprocess``."""
     if is_train:
@@ -446,7 +494,8 @@ def image_transform(image_size: int | Sequence[int], is_train: bool = False,
         return TrainTransform(image_size, mean=mean, std=std, fast=fast, **kwargs)
     if train_kwargs:
         raise TypeError(f"eval transform takes no {', '.join(sorted(train_kwargs))}")
-    return Preprocess(image_size, mean=mean, std=std, resize_mode=resize_mode, fast=fast)
+    return Preprocess(image_size, mean=mean, std=std, resize_mode=resize_mode, fast=fast,
+                      interpolation=interpolation, fill=fill)
 
 
 def denormalize(x: torch.Tensor, mean: Sequence[float] = OPENAI_MEAN,

@@ -123,7 +123,7 @@ def clear_memory_cache() -> None:
 
 
 def _cache_key(model: torch.nn.Module, classnames: Sequence[str], templates: Sequence[str], long_text: str) -> str:
-    from .api import fingerprint
+    from .record import fingerprint
 
     payload = json.dumps({"model": fingerprint(model), "classnames": list(classnames), "templates": list(templates),
                           "long_text": long_text, "version": 1}, ensure_ascii=False)

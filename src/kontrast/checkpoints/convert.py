@@ -1,5 +1,11 @@
 """Pure state-dict -> state-dict converters and architecture inference from tensor shapes.
 
+``infer_config`` reads what a bare state dict shows (every size) and takes from the known architectures
+(``kontrast.architectures.match_shapes``) what it does not show (the attention heads); where no known
+architecture has these shapes it refuses, naming the head count as the missing fact. The activation is not
+in the weights either: unless told (``quick_gelu=``), QuickGELU is assumed, as in every OpenAI release, with a
+warning (open_clip-trained checkpoints mostly use GELU).
+
 OpenAI names are kontrast's own; Hugging Face ``CLIPModel`` names are converted by rename tables plus
 the split/merge of OpenAI's packed ``in_proj_weight`` (= cat[q, k, v]) and the transposes of the
 projections (OpenAI multiplies ``x @ proj``, HF applies ``Linear``: ``x @ W.T``).
@@ -7,13 +13,18 @@ projections (OpenAI multiplies ``x @ proj``, HF applies ``Linear``: ``x @ W.T``)
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import re
-from typing import Any
 
 import torch
 
+from ..architectures import match_shapes
 from ..config import ModelConfig, TextConfig, VisionConfig
+from ..errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 # (HF name, OpenAI name) pairs for one transformer block, relative to the block prefix.
 _BLOCK_RENAMES = [
@@ -90,108 +101,84 @@ def openai_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_config_to_model_config(hf: dict[str, Any]) -> ModelConfig:
-    """``CLIPConfig`` (config.json) -> ``ModelConfig``."""
-    v, t = hf.get("vision_config", {}), hf.get("text_config", {})
-    v_width, t_width = v.get("hidden_size", 768), t.get("hidden_size", 512)
-    v_heads = v.get("num_attention_heads", 12)
-    vision = VisionConfig(
-        image_size=v.get("image_size", 224),
-        layers=v.get("num_hidden_layers", 12),
-        width=v_width,
-        patch_size=v.get("patch_size", 32),
-        head_width=v_width // v_heads,
-        mlp_ratio=v.get("intermediate_size", 4 * v_width) / v_width,
-        act=_hf_act(v.get("hidden_act", "quick_gelu")),
-        ln_eps=v.get("layer_norm_eps", 1e-5),
-    )
+def custom_text_to_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip ``CustomTextCLIP`` names (``text.token_embedding``, ``text.transformer``, ...) -> OpenAI names, for a
+    CLIP text tower (a Hugging Face tower keeps ``text.transformer`` / ``text.proj``, which are kontrast's names)."""
+    if "text.token_embedding.weight" not in sd:
+        return sd
+    return {k.removeprefix("text."): v for k, v in sd.items()}
+
+
+def _shapes_config(sd: dict[str, torch.Tensor], act: str) -> ModelConfig:
+    """Every size the tensors show; heads follow OpenAI's width // 64 until the known architectures say otherwise."""
+    embed_dim = sd["text_projection"].shape[1]
+    t_width = sd["ln_final.weight"].shape[0]
     text = TextConfig(
-        context_length=t.get("max_position_embeddings", 77),
-        vocab_size=t.get("vocab_size", 49408),
-        width=t_width,
-        heads=t.get("num_attention_heads", 8),
-        layers=t.get("num_hidden_layers", 12),
-        mlp_ratio=t.get("intermediate_size", 4 * t_width) / t_width,
-        act=_hf_act(t.get("hidden_act", "quick_gelu")),
-        ln_eps=t.get("layer_norm_eps", 1e-5),
+        context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
+        width=t_width, heads=max(1, t_width // 64),
+        layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
+        mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / t_width, act=act,
     )
-    return ModelConfig(embed_dim=hf.get("projection_dim", 512), vision=vision, text=text,
-                       init_logit_scale=hf.get("logit_scale_init_value", 2.6592))
-
-
-def model_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """``ModelConfig`` -> a ``CLIPConfig`` dict that ``transformers.CLIPModel.from_pretrained`` reads."""
-    v, t = cfg.vision, cfg.text
-    if v.is_resnet:
-        raise ValueError("Hugging Face CLIPModel has no ResNet image tower; export a ViT model")
-    act = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
-    return {
-        "architectures": ["CLIPModel"],
-        "model_type": "clip",
-        "projection_dim": cfg.embed_dim,
-        "logit_scale_init_value": cfg.init_logit_scale,
-        "initializer_factor": 1.0,
-        "text_config": {
-            "model_type": "clip_text_model", "vocab_size": t.vocab_size, "max_position_embeddings": t.context_length,
-            "hidden_size": t.width, "num_attention_heads": t.heads, "num_hidden_layers": t.layers,
-            "intermediate_size": int(t.width * t.mlp_ratio), "hidden_act": act[t.act], "layer_norm_eps": t.ln_eps,
-            "projection_dim": cfg.embed_dim, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model", "image_size": v.image_size, "patch_size": v.patch_size,
-            "hidden_size": v.width, "num_attention_heads": v.heads, "num_hidden_layers": v.layers,
-            "intermediate_size": int(v.width * v.mlp_ratio), "hidden_act": act[v.act], "layer_norm_eps": v.ln_eps,
-            "projection_dim": cfg.embed_dim, "num_channels": 3,
-        },
-    }
-
-
-def _hf_act(name: str) -> str:
-    return {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(
-        name, name
-    )
-
-
-def infer_config(sd: dict[str, torch.Tensor], act: str = "quick_gelu") -> ModelConfig:
-    """Architecture from an OpenAI-named state dict's tensor shapes (no config file needed).
-
-    Text heads follow OpenAI's rule ``width // 64``; the activation cannot be seen in the weights, so
-    it defaults to QuickGELU, which every OpenAI release uses.
-    """
-    try:
-        embed_dim = sd["text_projection"].shape[1]
-        t_width = sd["ln_final.weight"].shape[0]
-        text = TextConfig(
-            context_length=sd["positional_embedding"].shape[0],
-            vocab_size=sd["token_embedding.weight"].shape[0],
-            width=t_width,
-            heads=max(1, t_width // 64),
-            layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
-            mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / t_width,
-            act=act,
+    if "visual.proj" in sd:  # ViT
+        width = sd["visual.conv1.weight"].shape[0]
+        patch = sd["visual.conv1.weight"].shape[-1]
+        grid = round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1))
+        vision = VisionConfig(
+            kind="vit", image_size=patch * grid,
+            layers=len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
+            width=width, patch_size=patch, head_width=64,
+            mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width, act=act,
+            no_ln_pre="visual.ln_pre.weight" not in sd,
         )
-        if "visual.proj" in sd:  # ViT
-            width = sd["visual.conv1.weight"].shape[0]
-            patch = sd["visual.conv1.weight"].shape[-1]
-            grid = round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1))
-            vision = VisionConfig(
-                image_size=patch * grid,
-                layers=len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
-                width=width,
-                patch_size=patch,
-                head_width=64,
-                mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
-                act=act,
-            )
-        else:  # modified ResNet
-            counts = [len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{i}.")}) for i in (1, 2, 3, 4)]
-            width = sd["visual.layer1.0.conv1.weight"].shape[0]
-            spatial = round(math.sqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1))
-            vision = VisionConfig(image_size=spatial * 32, layers=tuple(counts), width=width, patch_size=None, act=act)
+    else:  # modified ResNet
+        counts = [len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{i}.")}) for i in (1, 2, 3, 4)]
+        width = sd["visual.layer1.0.conv1.weight"].shape[0]
+        spatial = round(math.sqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1))
+        vision = VisionConfig(kind="resnet", image_size=spatial * 32, layers=tuple(counts), width=width,
+                              patch_size=None, act=act)
+    return ModelConfig(embed_dim=embed_dim, vision=vision, text=text)
+
+
+def infer_config(sd: dict[str, torch.Tensor], quick_gelu: bool | None = None, source: str = "state dict",
+                 assumed: list[str] | None = None) -> ModelConfig:
+    """Architecture of an OpenAI-named state dict without a config (see the module docstring).
+
+    ``assumed`` (if given) receives one line per assumption made. Raises ``CheckpointError`` for tensors that
+    are missing and ``ConfigError`` when the heads cannot be settled.
+    """
+    act = "gelu" if quick_gelu is False else "quick_gelu"
+    try:
+        cfg = _shapes_config(sd, act)
     except KeyError as exc:
-        raise KeyError(f"cannot infer the architecture: tensor {exc.args[0]!r} is missing") from exc
+        raise CheckpointError(f"{source}: cannot infer the architecture: tensor {exc.args[0]!r} is missing; "
+                              "is this a CLIP checkpoint?") from exc
     except (IndexError, ValueError, ZeroDivisionError) as exc:  # a tensor of the wrong rank or size
         shapes = ", ".join(f"{k} {tuple(sd[k].shape)}" for k in ("text_projection", "ln_final.weight",
                                                                  "positional_embedding") if k in sd)
-        raise KeyError(f"cannot infer the architecture: tensor shapes do not fit a CLIP model ({shapes})") from exc
-    return ModelConfig(embed_dim=embed_dim, vision=vision, text=text)
+        raise CheckpointError(f"{source}: cannot infer the architecture: tensor shapes do not fit a CLIP model "
+                              f"({shapes})") from exc
+    matches = match_shapes(cfg)
+    heads = {(m.vision.head_width, m.text.heads) for m in matches}
+    v, t = cfg.vision, cfg.text
+    shapes = f"vision width {v.width}, text width {t.width}"
+    if not matches:
+        raise ConfigError(
+            f"{source}: the weights do not tell the number of attention heads ({shapes}) and no known architecture "
+            "has these shapes; name the architecture (kontrast.load('ARCH', pretrained=PATH)) or load a checkpoint "
+            "with its config")
+    if len(heads) > 1:
+        names = ", ".join(m.name or "?" for m in matches)
+        raise ConfigError(f"{source}: the weights do not tell the number of attention heads ({shapes}) and the "
+                          f"architectures with these shapes disagree ({names}); name one: "
+                          "kontrast.load('ARCH', pretrained=PATH)")
+    head_width, text_heads = heads.pop()
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(v, head_width=head_width),
+                              text=dataclasses.replace(t, heads=text_heads))
+    log.info("%s: shapes of %s: %d vision heads, %d text heads", source, matches[0].name, cfg.vision.heads, text_heads)
+    if quick_gelu is None:
+        line = ("activation: QuickGELU assumed (the weights cannot tell; OpenAI's released checkpoints use QuickGELU, "
+                "open_clip-trained ones mostly GELU); pass quick_gelu=False, or an architecture name, if it was GELU")
+        log.warning("%s: %s", source, line)
+        if assumed is not None:
+            assumed.append(line)
+    return cfg

@@ -25,8 +25,10 @@ from safetensors.torch import load_file, save_file
 
 from .. import families
 from ..config import ModelConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..record import ModelRecord, PreprocessConfig, TokenizerConfig, tokenizer_from_text_cfg
 from . import convert
+from .hf_config import hf_config_to_model_config, hf_preprocess_to_config
 
 KONTRAST_CONFIG = "kontrast_config.json"
 KONTRAST_WEIGHTS = "kontrast_model.safetensors"
@@ -39,13 +41,16 @@ JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 @dataclass
 class Checkpoint:
-    """What a reader returns: OpenAI-named tensors, the config when the file has one, and provenance."""
+    """What a reader returns: OpenAI-named tensors, what the files say about the model (architecture,
+    preprocessing, tokenizer; ``None`` where they say nothing), the format and the path."""
 
     state_dict: dict[str, torch.Tensor]
     config: ModelConfig | None
     format: str
     path: Path
-    preprocess: dict[str, Any] | None = None
+    preprocess: PreprocessConfig | None = None
+    tokenizer: TokenizerConfig | None = None
+    origin: str | None = None  # kontrast files: where the saved model had come from
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
@@ -116,9 +121,10 @@ def read(path: str | os.PathLike) -> Checkpoint:
 def _read_kontrast(p: Path) -> Checkpoint:
     if p.is_dir():
         weights = p / KONTRAST_WEIGHTS
-        config = read_json_object(p / KONTRAST_CONFIG)
+        source = p / KONTRAST_CONFIG
+        config = read_json_object(source)
     else:
-        weights = p
+        weights, source = p, p
         try:
             config = json.loads(_safetensors_metadata(p)["kontrast_config"])
         except json.JSONDecodeError as exc:
@@ -127,9 +133,10 @@ def _read_kontrast(p: Path) -> Checkpoint:
             raise CheckpointError(f"{p}: the kontrast_config in its metadata is not a JSON object")
     if not weights.is_file():
         raise CheckpointError(f"{p}: {KONTRAST_WEIGHTS} is missing")
-    config = dict(config)
-    preprocess = config.pop("preprocess_cfg", None)
-    return Checkpoint(_load_tensors(weights), ModelConfig.from_dict(config), "kontrast", p, preprocess)
+    record = ModelRecord.from_dict(config, str(source))
+    sd = _load_tensors(weights)
+    origin = record.provenance.origin or record.provenance.source
+    return Checkpoint(sd, record.arch, "kontrast", p, record.preprocess, record.tokenizer, origin)
 
 
 def refuse_unsupported_family(path: str | os.PathLike) -> None:
@@ -153,28 +160,39 @@ def refuse_unsupported_family(path: str | os.PathLike) -> None:
 def _read_open_clip(p: Path) -> Checkpoint:
     folder = p if p.is_dir() else p.parent
     cfg_path = folder / OPEN_CLIP_CONFIG
-    config, preprocess = None, None
+    config = preprocess = tokenizer = None
     refuse_unsupported_family(folder)
     if cfg_path.is_file():
         raw = read_json_object(cfg_path)
-        config = ModelConfig.from_dict(raw.get("model_cfg", raw))
-        preprocess = raw.get("preprocess_cfg")
+        unknown = set(raw) - {"model_cfg", "preprocess_cfg"}
+        if unknown or "model_cfg" not in raw:
+            key = min(unknown) if unknown else "model_cfg"
+            raise ConfigError(f"{cfg_path}: expected model_cfg and preprocess_cfg, found key {key!r}")
+        config = ModelConfig.from_dict(raw["model_cfg"], str(cfg_path))
+        preprocess = PreprocessConfig.from_dict(raw.get("preprocess_cfg"), str(cfg_path))
+        tokenizer = tokenizer_from_text_cfg(raw["model_cfg"].get("text_cfg") or {}, config, str(cfg_path))
     weights = p if p.is_file() else next((folder / w for w in OPEN_CLIP_WEIGHTS if (folder / w).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder}: no {' or '.join(OPEN_CLIP_WEIGHTS)} in this folder")
-    return Checkpoint(_strip(_load_tensors(weights)), config, "open_clip", p, preprocess)
+    sd = _strip(_load_tensors(weights))
+    if config is None or config.text.kind == "clip":
+        sd = convert.custom_text_to_openai(sd)  # open_clip CustomTextCLIP names
+    return Checkpoint(sd, config, "open_clip", p, preprocess, tokenizer)
 
 
 def _read_hf(p: Path) -> Checkpoint:
     folder = p if p.is_dir() else p.parent
-    raw = read_json_object(folder / "config.json")
-    if raw.get("model_type") not in (None, "clip"):
-        raise CheckpointError(f"{folder}/config.json: model_type {raw.get('model_type')!r} is not a CLIP model")
+    cfg_path = folder / "config.json"
+    config = hf_config_to_model_config(read_json_object(cfg_path), str(cfg_path))
     weights = p if p.is_file() else next((folder / w for w in HF_WEIGHTS if (folder / w).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin in this folder")
+    proc_path = folder / "preprocessor_config.json"
+    preprocess = None
+    if proc_path.is_file():
+        preprocess = hf_preprocess_to_config(read_json_object(proc_path), config.vision.image_size, str(proc_path))
     sd = convert.hf_to_openai(_load_tensors(weights))
-    return Checkpoint(sd, convert.hf_config_to_model_config(raw), "hf", p)
+    return Checkpoint(sd, config, "hf", p, preprocess)
 
 
 def _read_jit(p: Path) -> Checkpoint:
@@ -187,7 +205,7 @@ def _read_jit(p: Path) -> Checkpoint:
 
 
 def _read_state_dict(p: Path) -> Checkpoint:
-    config = None
+    config = preprocess = tokenizer = None
     if p.suffix == ".safetensors":
         sd = _load_tensors(p)
     else:
@@ -198,8 +216,11 @@ def _read_state_dict(p: Path) -> Checkpoint:
                 f"{p}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
             ) from exc
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            if isinstance(obj.get("model_config"), dict):
-                config = ModelConfig.from_dict(obj["model_config"])
+            if isinstance(obj.get("model_record"), dict):  # a kontrast training checkpoint
+                record = ModelRecord.from_dict(obj["model_record"], f"{p} (model_record)")
+                config, preprocess, tokenizer = record.arch, record.preprocess, record.tokenizer
+            elif isinstance(obj.get("model_config"), dict):  # an older kontrast training checkpoint
+                config = ModelConfig.from_dict(obj["model_config"], f"{p} (model_config)")
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise CheckpointError(f"{p}: expected a dict of tensors (a state dict), found {type(obj).__name__}")
@@ -207,7 +228,9 @@ def _read_state_dict(p: Path) -> Checkpoint:
     sd = _strip(sd)
     if any(k.startswith("vision_model.") for k in sd):  # a bare HF CLIPModel weights file
         sd = convert.hf_to_openai(sd)
-    return Checkpoint(_to_float32(sd), config, "state_dict", p)
+    if config is None or config.text.kind == "clip":
+        sd = convert.custom_text_to_openai(sd)  # open_clip CustomTextCLIP names
+    return Checkpoint(_to_float32(sd), config, "state_dict", p, preprocess, tokenizer)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -237,7 +260,8 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def write_kontrast(sd: dict[str, torch.Tensor], config: dict[str, Any], folder: str | os.PathLike) -> Path:
-    """kontrast format: ``kontrast_model.safetensors`` (config also in its metadata) + ``kontrast_config.json``."""
+    """kontrast format: ``kontrast_model.safetensors`` (config also in its metadata) + ``kontrast_config.json``;
+    ``config`` is a ``ModelRecord.to_dict()``."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config, indent=2)

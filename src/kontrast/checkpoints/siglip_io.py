@@ -19,10 +19,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint_tokenizers import tokenizer_from_folder
 from ..errors import CheckpointError
 from ..models.siglip import SigLIP, SigLIPConfig
 from ..preprocess import Preprocess
+from ..record import (
+    ModelRecord,
+    PreprocessConfig,
+    Provenance,
+    TokenizerConfig,
+    build_preprocess,
+    build_tokenizer,
+)
 from . import siglip_convert, siglip_formats
 from .formats import _atomic, _contiguous, read_json_object
 
@@ -90,10 +97,26 @@ def read(path: str | os.PathLike) -> tuple[SigLIPConfig, dict[str, torch.Tensor]
                           "config.json with model_type siglip / siglip2)")
 
 
+def tokenizer_config(folder: Path, context_length: int, clean: str | None) -> TokenizerConfig:
+    """The record's tokenizer for a folder that carries its own: ``tokenizer.json`` first, else ``spiece.model``."""
+    if (folder / "tokenizer.json").is_file():
+        return TokenizerConfig("hf_tokenizer_json", context_length, None, clean, str(folder))
+    if (folder / "spiece.model").is_file():
+        return TokenizerConfig("sentencepiece", context_length, None, None, str(folder))
+    raise CheckpointError(f"{folder}: no tokenizer.json or spiece.model; this model's tokenizer travels with its "
+                          "checkpoint (copy those files from the model's repository into the folder)")
+
+
 def load(path: str | os.PathLike) -> tuple[SigLIP, Preprocess, Any]:
-    """``(model, preprocess, tokenizer)`` of a SigLIP folder; the weights are loaded strictly."""
+    """``(model, preprocess, tokenizer)`` of a SigLIP folder; the weights are loaded strictly. The model carries its
+    record (``model.record``): preprocessing and tokenizer as the folder says."""
     config, ksd, pre, tok = read(path)
-    model = SigLIP(config)
+    record = ModelRecord(config, PreprocessConfig(mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                                                  interpolation=pre["interpolation"], resize_mode=pre["resize_mode"],
+                                                  rgb_first=pre["rgb_first"]).check(str(path)),
+                         tokenizer_config(Path(tok["folder"]), config.context_length, tok["clean"]),
+                         Provenance(format=f"siglip_{detect(path)}", source=str(path)))
+    model = SigLIP(record)
     own = model.state_dict()
     missing = sorted(set(own) - set(ksd))
     unexpected = sorted(set(ksd) - set(own))
@@ -103,12 +126,8 @@ def load(path: str | os.PathLike) -> tuple[SigLIP, Preprocess, Any]:
                               f"unexpected {unexpected[:3]}, wrong shape {shapes[:3]}")
     model.load_state_dict({k: v.float() for k, v in ksd.items()})
     model.eval()
-    model.preprocess_config = pre
-    model.tokenizer_config = tok
     model.checkpoint_path = str(path)
-    preprocess = Preprocess(config.image_size, mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                            resize_mode=pre["resize_mode"], interpolation=pre["interpolation"], rgb_first=pre["rgb_first"])
-    return model, preprocess, tokenizer_from_folder(tok["folder"], config.context_length, tok["clean"])
+    return model, build_preprocess(record), build_tokenizer(record)
 
 
 def save(model: SigLIP, folder: str | os.PathLike, format: str = "open_clip") -> Path:
@@ -118,9 +137,9 @@ def save(model: SigLIP, folder: str | os.PathLike, format: str = "open_clip") ->
     out.mkdir(parents=True, exist_ok=True)
     config: SigLIPConfig = model.config
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
-    pre = getattr(model, "preprocess_config", None) or {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
-                                                         "resize_mode": "squash", "rgb_first": False}
-    tok = getattr(model, "tokenizer_config", None) or {}
+    record = model.record
+    pre = record.preprocess.to_dict() | {"rgb_first": record.preprocess.rgb_first}
+    tok = {"folder": record.tokenizer.path, "clean": record.tokenizer.clean}
     if format == "open_clip":
         model_cfg = siglip_formats.write_open_clip_config(config)
         model_cfg["text_cfg"]["hf_tokenizer_name"] = "local"

@@ -38,12 +38,11 @@ def run(args: argparse.Namespace) -> int:
         raise KontrastError("--format and --out go together, e.g. --format hf --out exported/")
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        model, preprocess, _ = load(args.model, pretrained=args.pretrained)
+        model, _, _ = load(args.model, pretrained=args.pretrained)
     if args.onnx:
         from ..export.onnx_export import export_onnx, verify_onnx
 
-        pre = {"mean": list(preprocess.mean), "std": list(preprocess.std)}
-        folder = export_onnx(model, args.onnx, preprocess=pre, opset=args.opset)
+        folder = export_onnx(model, args.onnx, opset=args.opset)  # the manifest holds the model's record
         print(f"ONNX: {folder} (image_encoder.onnx, text_encoder.onnx, kontrast_onnx.json)")
         if not args.no_verify:
             diffs = verify_onnx(model, folder)

@@ -51,7 +51,7 @@ def resolve_config(args: argparse.Namespace):
         if not saved.is_file():
             raise KontrastError(f"{saved} not found; pass the recipe again")
         values = json.loads(saved.read_text())
-        for key in ("model_config_resolved", "total_steps", "world_size"):
+        for key in ("model_config_resolved", "model_record", "precision_resolved", "total_steps", "world_size"):  # run facts
             values.pop(key, None)
     cfg = apply_overrides(TrainConfig(), values)
     apply_overrides(cfg, flags)

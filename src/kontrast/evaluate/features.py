@@ -167,7 +167,7 @@ def image_features(
     shard (part of it unreadable) is not cached, so the next run reads it again. A dataset with no
     readable image raises ``KontrastError``.
     """
-    from ..api import fingerprint
+    from ..record import fingerprint
 
     preprocess = dataset.wrap_preprocess(preprocess)
     key = hashlib.sha256(
@@ -252,7 +252,7 @@ def text_features(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Normalised text features [M, D] of ``texts`` (cached by model fingerprint + the texts)."""
-    from ..api import fingerprint
+    from ..record import fingerprint
     from ..text_features import encode_texts
 
     h = hashlib.sha256(json.dumps([CACHE_VERSION, fingerprint(model)]).encode())

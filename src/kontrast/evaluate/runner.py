@@ -6,7 +6,7 @@ zeroshot_eval("default", "shared/data/emoji/emoji-google-val_concepts-000000.tar
               ZeroShotOptions(label_field="name", templates="an emoji of a {}."))
 record = evaluate("retrieval", model, "captions.csv", preprocess=preprocess, out_dir="runs/r1")
 ```
-``model`` is a loaded CLIP (``preprocess`` / ``tokenizer`` default to the model's) or anything
+``model`` is a loaded CLIP (``preprocess`` / ``tokenizer`` default to the ones its record describes) or anything
 ``kontrast.load`` accepts. Each task takes its own options object (``options``); what every task shares
 (feature cache, batch size, workers, progress) is a ``RunOptions``. ``evaluate`` returns the whole
 results record (see ``report``) and leaves the model in the train/eval mode it was given in; the
@@ -61,11 +61,12 @@ def normalise_task(task: str) -> str:
 def model_preprocess(model: Any) -> Callable:
     """The eval transform of a loaded model: the one place evaluation builds preprocessing itself.
 
-    Used only when the caller passed a model object without its ``preprocess``.
+    Used only when the caller passed a model object without its ``preprocess``: the transform its record
+    describes (its own normalisation, interpolation and resize mode).
     """
-    from ..preprocess import Preprocess
+    from ..record import build_preprocess, record_of
 
-    return Preprocess(model.image_size)
+    return build_preprocess(record_of(model))
 
 
 def _resolve_model(
@@ -80,9 +81,9 @@ def _resolve_model(
     if preprocess is None:
         preprocess = model_preprocess(model)
     if tokenizer is None:
-        from ..api import get_tokenizer
+        from ..record import build_tokenizer, record_of
 
-        tokenizer = get_tokenizer(model)
+        tokenizer = build_tokenizer(record_of(model))
     name = (
         model_name
         or getattr(model, "checkpoint_path", None)
@@ -293,7 +294,7 @@ def evaluate(
         ctx = _Context(model, preprocess, tokenizer, run or RunOptions())
         result = _RUNNERS[task](ctx, data, options, out)
     from .. import __version__
-    from ..api import fingerprint
+    from ..record import fingerprint
 
     record = {
         "kontrast_version": __version__,

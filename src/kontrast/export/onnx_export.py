@@ -103,26 +103,29 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input
 def text_truncation(model: nn.Module) -> str:
     """``"eot"``: a causal CLIP text tower read at the end-of-text token (argmax id), so ids after the batch's
     last end-of-text token never matter; ``"padding"``: a Hugging Face encoder with a padding mask and
-    masked pooling, so columns after the batch's last non-padding id never matter."""
-    return "padding" if getattr(model.config.text, "hf_model", None) else "eot"
+    masked pooling, so columns after the batch's last non-padding id never matter; ``"none"``: every id may
+    matter (bidirectional attention, or pooling at another position)."""
+    t = model.config.text
+    if t.kind == "hf":
+        return "padding"
+    return "eot" if t.pool_type == "argmax" and not t.no_causal_mask else "none"
 
 
-def _manifest(model: nn.Module, preprocess: dict[str, Any] | None, opset: int) -> dict[str, Any]:
-    from ..api import fingerprint
+def _manifest(model: nn.Module, opset: int) -> dict[str, Any]:
+    from ..record import fingerprint, record_of
 
-    cfg = model.config
+    record = record_of(model)
     bias = getattr(model, "logit_bias", None)
-    pre = {"mean": list(cfg.vision.mean), "std": list(cfg.vision.std)}
-    pre.update({k: list(v) for k, v in (preprocess or {}).items() if k in ("mean", "std")})
     return {
         "format": "kontrast-onnx",
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint(model),
         "source": getattr(model, "checkpoint_path", None),
-        "config": cfg.to_dict(),
+        "record": record.to_dict(),
+        "config": record.arch.to_dict(),
         "logit_scale": float(model.logit_scale.detach().float()),
         "logit_bias": None if bias is None else float(bias.detach().float()),
-        "preprocess": pre,
+        "preprocess": record.preprocess.to_dict(),
         "image_size": int(model.image_size),
         "context_length": int(model.context_length),
         "opset": opset,
@@ -139,20 +142,28 @@ def _manifest(model: nn.Module, preprocess: dict[str, Any] | None, opset: int) -
 def export_onnx(
     model: nn.Module,
     folder: str | os.PathLike,
-    preprocess: dict[str, Any] | None = None,
+    preprocess: Any = None,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
     """Export both towers of a kontrast ``CLIP`` to ``folder`` (see the module docstring); returns the folder.
 
-    The model is exported in float32 on the CPU (a copy is made if it is stored otherwise).
-    ``preprocess`` may override the normalisation (``{"mean": ..., "std": ...}``) recorded in the manifest.
+    The model is exported in float32 on the CPU (a copy is made if it is stored otherwise). The manifest
+    records the model's record (``model.record``); ``preprocess`` (a ``Preprocess``, ``PreprocessConfig`` or
+    open_clip-style dict) replaces its preprocessing.
     """
+    from ..record import fingerprint, keep_fingerprint
+
+    if preprocess is not None:
+        from ..api import _record_for_writing
+
+        record = _record_for_writing(model, preprocess)
+        model = copy.copy(model)  # a shallow copy: same weights, its own record
+        model.record = record
     param = next(model.parameters())
     if param.dtype != torch.float32 or param.device.type != "cpu":
-        fp = getattr(model, "_kontrast_fingerprint", None)
+        fp = fingerprint(model)  # the fingerprint of the weights as loaded
         model = copy.deepcopy(model).float().cpu()
-        if fp:
-            model._kontrast_fingerprint = fp  # the fingerprint of the weights as loaded
+        keep_fingerprint(model, fp)
     was_training = model.training
     model.eval()
     folder = Path(folder)
@@ -169,7 +180,7 @@ def export_onnx(
                     {0: "batch", 1: "sequence"}, opset)
     finally:
         model.train(was_training)
-    manifest = _manifest(model, preprocess, opset)
+    manifest = _manifest(model, opset)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     log.info("exported %s to %s", manifest["fingerprint"], folder)
     return folder

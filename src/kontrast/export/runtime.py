@@ -29,6 +29,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import KontrastError
 from ..models.clip import CLIP
+from ..record import ModelRecord, PreprocessConfig, build_preprocess, build_tokenizer
 from .onnx_export import MANIFEST, export_onnx, read_manifest
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class OnnxCLIP(nn.Module):
         folder = Path(folder)
         manifest = read_manifest(folder)
         self.folder, self.manifest, self.precision, self.backend = folder, manifest, precision, "onnx"
-        self.config = ModelConfig.from_dict(manifest["config"])
+        self.record = manifest_record(manifest, folder / MANIFEST)
         files = ensure_precision(folder, manifest, precision)
         self.visual = OnnxTower(files["image"], manifest["inputs"]["image"], threads)
         self.text_tower = OnnxTower(files["text"], manifest["inputs"]["text"], threads)
@@ -101,8 +102,12 @@ class OnnxCLIP(nn.Module):
         self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(float(bias)), requires_grad=False)
         self.context_length = int(manifest["context_length"])
         self.checkpoint_path = manifest.get("source") or str(folder)
-        self._kontrast_fingerprint = manifest["fingerprint"]  # read by kontrast.fingerprint(model)
+        self.fixed_fingerprint = manifest["fingerprint"]  # read by kontrast.fingerprint(model): graphs do not change
         self.eval()
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.record.arch
 
     @property
     def image_size(self) -> int:
@@ -144,6 +149,15 @@ class OnnxCLIP(nn.Module):
     # The same logits and open_clip triple as the PyTorch model: they only use encode_* and the temperature.
     get_logits = CLIP.get_logits
     forward = CLIP.forward
+
+
+def manifest_record(manifest: dict[str, Any], source: Path) -> ModelRecord:
+    """The model record a manifest holds (older manifests: the config and the normalisation only)."""
+    if "record" in manifest:
+        return ModelRecord.from_dict(manifest["record"], str(source))
+    pre = manifest.get("preprocess") or {}
+    return ModelRecord.default(ModelConfig.from_dict(manifest["config"], str(source)),
+                               preprocess=PreprocessConfig.from_dict(pre, str(source)))
 
 
 def ensure_precision(folder: Path, manifest: dict[str, Any], precision: str) -> dict[str, Path]:
@@ -198,9 +212,6 @@ def load_onnx(
     ``load_kwargs`` (``pretrained``, ``image_size``, ``quick_gelu``, ``cache_dir``) go to ``kontrast.load``
     when the model has to be loaded and exported first.
     """
-    from ..preprocess import Preprocess
-    from ..tokenizer import Tokenizer
-
     if precision not in ONNX_PRECISIONS:
         raise KontrastError(f"precision {precision!r} is not available with backend='onnx'; use one of "
                             f"{', '.join(ONNX_PRECISIONS)} (or backend='torch' for bf16/fp16)")
@@ -216,15 +227,7 @@ def load_onnx(
     finally:
         if folder.name.startswith(TEMP_PREFIX):  # random weights: nothing worth caching
             shutil.rmtree(folder, ignore_errors=True)
-    pre = model.manifest.get("preprocess") or {}
-    preprocess = Preprocess(model.image_size, mean=tuple(pre.get("mean", model.config.vision.mean)),
-                            std=tuple(pre.get("std", model.config.vision.std)))
-    if model.config.text.hf_model:
-        from ..hf_tokenizer import HFTokenizer
-        from ..models.hf_text import resolve_hf_folder
-
-        return model, preprocess, HFTokenizer(resolve_hf_folder(model.config.text.hf_model), model.context_length)
-    return model, preprocess, Tokenizer(context_length=model.context_length)
+    return model, build_preprocess(model.record), build_tokenizer(model.record)
 
 
 def export_cached(name_or_path: str | os.PathLike, **load_kwargs: Any) -> Path:
@@ -235,19 +238,27 @@ def export_cached(name_or_path: str | os.PathLike, **load_kwargs: Any) -> Path:
     """
     from ..api import load
 
-    torch_model, preprocess, _ = load(name_or_path, precision="fp32", **load_kwargs)
-    return export_model_cached(torch_model, preprocess)
+    torch_model, _, _ = load(name_or_path, precision="fp32", **load_kwargs)
+    return export_model_cached(torch_model)
 
 
 def export_model_cached(torch_model: CLIP, preprocess: Any = None) -> Path:
-    """``export_cached`` for a model already loaded in PyTorch (the export is keyed by its fingerprint)."""
-    from ..api import fingerprint
+    """``export_cached`` for a model already loaded in PyTorch (the export is keyed by its fingerprint).
+    ``preprocess`` (if given) replaces the record's preprocessing (and so takes part in the fingerprint)."""
+    from ..record import fingerprint
 
-    pre = {"mean": list(preprocess.mean), "std": list(preprocess.std)} if hasattr(preprocess, "mean") else None
+    if preprocess is not None:
+        import copy
+
+        from ..api import _record_for_writing
+
+        view = copy.copy(torch_model)  # the same weights, with the record to export
+        view.record = _record_for_writing(torch_model, preprocess)
+        torch_model = view
     if getattr(torch_model, "checkpoint_path", None) is None:
         temporary = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         try:
-            return export_onnx(torch_model, temporary, preprocess=pre)
+            return export_onnx(torch_model, temporary)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
@@ -257,7 +268,7 @@ def export_model_cached(torch_model: CLIP, preprocess: Any = None) -> Path:
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        export_onnx(torch_model, partial, preprocess=pre)
+        export_onnx(torch_model, partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # no half-written export left behind
         raise

@@ -143,10 +143,13 @@ def _image_size(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def _normalisation(model: torch.nn.Module) -> tuple[Sequence[float], Sequence[float]]:
-    vision = getattr(getattr(model, "config", None), "vision", None)
-    from ..preprocess import OPENAI_MEAN, OPENAI_STD
+    """The model's own mean / std (its record), OpenAI's for objects without a config."""
+    from ..record import OPENAI_MEAN, OPENAI_STD, record_of
 
-    return getattr(vision, "mean", OPENAI_MEAN), getattr(vision, "std", OPENAI_STD)
+    if getattr(model, "config", None) is None:
+        return OPENAI_MEAN, OPENAI_STD
+    pre = record_of(model).preprocess
+    return pre.mean, pre.std
 
 
 def encode_prompts(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[Prompt]) -> torch.Tensor:

@@ -11,31 +11,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..record import ModelRecord
 from .layers import Transformer, tracing
 from .resnet import ModifiedResNet
 from .vit import VisionTransformer
 
 
 def build_visual(cfg: ModelConfig) -> nn.Module:
+    """The image tower of ``cfg.vision.kind`` (a new kind adds its branch here; see ``kontrast.config``)."""
     v = cfg.vision
-    if v.is_resnet:
+    if v.kind == "resnet":
         layers = tuple(v.layers) if isinstance(v.layers, (list, tuple)) else (v.layers,) * 4
         return ModifiedResNet(layers, cfg.embed_dim, v.heads, v.image_size, v.width)
-    return VisionTransformer(
-        v.image_size, int(v.patch_size), v.width, int(v.layers), v.heads, cfg.embed_dim, v.mlp_ratio, v.act, v.ln_eps
-    )
+    if v.kind == "vit":
+        return VisionTransformer(
+            v.image_size, int(v.patch_size), v.width, int(v.layers), v.heads, cfg.embed_dim, v.mlp_ratio, v.act,
+            v.ln_eps, v.pool_type, v.final_ln_after_pool, v.no_ln_pre,
+        )
+    raise ValueError(f"no image tower of kind {v.kind!r}")
 
 
 class CLIP(nn.Module):
-    """``encode_image`` / ``encode_text`` give unnormalised embeddings; ``forward`` gives open_clip's triple."""
+    """``encode_image`` / ``encode_text`` give unnormalised embeddings; ``forward`` gives open_clip's triple.
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    ``record`` (``kontrast.record.ModelRecord``) says what the model is: ``config`` (the architecture) is
+    ``record.arch``, and the record's preprocessing and tokenizer config travel with the model.
+    """
+
+    def __init__(self, cfg: ModelConfig | ModelRecord) -> None:
         super().__init__()
-        self.config = cfg
+        self.record = cfg if isinstance(cfg, ModelRecord) else ModelRecord.default(cfg)
+        cfg = self.record.arch
         self.visual = build_visual(cfg)
         t = cfg.text
         self.context_length = t.context_length
-        if t.hf_model:
+        if t.kind == "hf":
             from .hf_text import HFTextEncoder
 
             self.text = HFTextEncoder(t.hf_model, cfg.embed_dim, t.hf_pooler, t.hf_proj)
@@ -57,13 +67,22 @@ class CLIP(nn.Module):
     def init_weights(self) -> None:
         """open_clip's initialisation, for training from scratch."""
         self.visual.init_weights()
-        if not self.config.text.hf_model:
+        if self.config.text.kind == "clip":
             nn.init.normal_(self.token_embedding.weight, std=0.02)
             nn.init.normal_(self.positional_embedding, std=0.01)
             self.transformer.init_weights()
             nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
 
     # ---- properties ----------------------------------------------------------------------
+    @property
+    def config(self) -> ModelConfig:
+        """The architecture (``record.arch``)."""
+        return self.record.arch
+
+    @config.setter
+    def config(self, cfg: ModelConfig) -> None:
+        self.record.arch = cfg
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.visual.parameters()).dtype
@@ -101,18 +120,31 @@ class CLIP(nn.Module):
         features = self.visual(images)
         return F.normalize(features, dim=-1) if normalize else features
 
+    def text_pool_index(self, ids: torch.Tensor) -> int | torch.Tensor:
+        """Position each text is read at (``config.text.pool_type``): the largest id (OpenAI's end-of-text
+        49407), the first ``eos_id``, the first or the last position."""
+        t = self.config.text
+        if t.pool_type == "argmax":
+            return ids.argmax(dim=-1)
+        if t.pool_type == "eos":
+            return (ids == t.eos_id).int().argmax(dim=-1)  # first eos id; 0 when a row has none (open_clip)
+        return 0 if t.pool_type == "first" else ids.shape[1] - 1
+
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Text embeddings ``[N, E]`` from token ids ``[N, L]``, read at the end-of-text token."""
-        if self.config.text.hf_model:
+        """Text embeddings ``[N, E]`` from token ids ``[N, L]``, read at ``text_pool_index``."""
+        t = self.config.text
+        if t.kind == "hf":
             features = self.text(ids)
         else:
-            eot = ids.argmax(dim=-1)  # the end-of-text id 49407 is the largest id
-            if ids.shape[0] and not tracing():
-                # causal attention: positions after the last end-of-text token never reach a pooled row
-                ids = ids[:, : int(eot.max()) + 1]  # [N, L] -> [N, L']
+            index = self.text_pool_index(ids)
+            causal = not t.no_causal_mask
+            if causal and t.pool_type != "last" and ids.shape[0] and not tracing():
+                # causal attention: positions after the last pooled one never reach a pooled row
+                last = index if isinstance(index, int) else int(index.max())
+                ids = ids[:, : last + 1]  # [N, L] -> [N, L']
             x = self.token_embedding(ids)  # [N, L, W]
             x = x + self.positional_embedding[: ids.shape[1]].to(x.dtype)
-            x = self.transformer.forward_pooled(x, eot, causal=True)  # [N, L, W] -> [N, W] at the EOT tokens
+            x = self.transformer.forward_pooled(x, index, causal=causal)  # [N, L, W] -> [N, W] at the pooled rows
             features = self.ln_final(x) @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features
 

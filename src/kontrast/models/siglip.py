@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..record import ModelRecord
 from .layers import Attention, Transformer, linear, linear_params, make_activation, tracing
 
 
@@ -287,9 +288,10 @@ class SigLIP(nn.Module):
 
     sigmoid = True  # probabilities are per pair (see ``get_logits``)
 
-    def __init__(self, cfg: SigLIPConfig) -> None:
+    def __init__(self, cfg: SigLIPConfig | ModelRecord) -> None:
         super().__init__()
-        self.config = cfg
+        self.record = cfg if isinstance(cfg, ModelRecord) else ModelRecord.default(cfg)  # see kontrast.record
+        cfg = self.record.arch
         v, t = cfg.vision, cfg.text
         self.visual = SigLIPVisionTransformer(cfg.image_size, cfg.patch_size, v.width, v.layers, v.heads,
                                               mlp_ratio_for(v.mlp_hidden, v.width), v.act, v.ln_eps)
@@ -302,6 +304,15 @@ class SigLIP(nn.Module):
     def init_weights(self) -> None:
         self.visual.init_weights()
         self.text.init_weights()
+
+    @property
+    def config(self) -> SigLIPConfig:
+        """The architecture (``record.arch``)."""
+        return self.record.arch
+
+    @config.setter
+    def config(self, cfg: SigLIPConfig) -> None:
+        self.record.arch = cfg
 
     @property
     def image_size(self) -> int:

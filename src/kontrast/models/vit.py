@@ -46,8 +46,14 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         act: str = "gelu",
         eps: float = 1e-5,
+        pool_type: str = "tok",
+        final_ln_after_pool: bool = False,
+        no_ln_pre: bool = False,
     ) -> None:
         super().__init__()
+        if pool_type not in ("tok", "avg"):
+            raise ValueError(f"pool_type must be 'tok' or 'avg', not {pool_type!r}")
+        self.pool_type, self.final_ln_after_pool = pool_type, final_ln_after_pool
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         self.image_size, self.patch_size = image_size, patch_size
@@ -57,7 +63,7 @@ class VisionTransformer(nn.Module):
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size**2 + 1, width))
-        self.ln_pre = nn.LayerNorm(width, eps=eps)
+        self.ln_pre = nn.Identity() if no_ln_pre else nn.LayerNorm(width, eps=eps)
         self.transformer = Transformer(width, layers, heads, mlp_ratio, act, eps)
         self.ln_post = nn.LayerNorm(width, eps=eps)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
@@ -99,12 +105,22 @@ class VisionTransformer(nn.Module):
         return self.ln_pre(x)
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Pool the class token and project: ``[N, L, D] -> [N, E]``."""
-        return self.ln_post(tokens[:, 0]) @ self.proj
+        """Pool (class token, or mean of the patch tokens) and project: ``[N, L, D] -> [N, E]``.
+
+        ``ln_post`` normalises every token before pooling (open_clip's default) or, with
+        ``final_ln_after_pool``, the pooled vector; the two agree for the class token.
+        """
+        if self.pool_type == "tok":
+            return self.ln_post(tokens[:, 0]) @ self.proj
+        if self.final_ln_after_pool:
+            return self.ln_post(tokens[:, 1:].mean(dim=1)) @ self.proj  # [N, g*g, D] -> [N, D]
+        return self.ln_post(tokens[:, 1:]).mean(dim=1) @ self.proj  # [N, g*g, D] -> [N, D]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Image embeddings ``[N, E]``: ``head(transformer(embed(x)))``, with the last block computed for the
-        class token only (the other rows of its output are never read)."""
+        """Image embeddings ``[N, E]``: ``head(transformer(embed(x)))``; with class-token pooling the last block is
+        computed for the class token only (the other rows of its output are never read)."""
+        if self.pool_type != "tok":
+            return self.head(self.transformer(self.embed(x)))
         cls = self.transformer.forward_pooled(self.embed(x), 0)  # [N, 1+g*g, D] -> [N, D]
         return self.ln_post(cls) @ self.proj
 

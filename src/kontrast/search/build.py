@@ -261,7 +261,7 @@ def update_index(
     ``follow_symlinks``: read symlinks that lead out of the folders (see ``data.sources``).
     Refuses (``ModelMismatchError``) a model whose fingerprint differs from the index's.
     """
-    from ..api import fingerprint
+    from ..record import fingerprint
 
     if index_type is not None and index_type not in ann.INDEX_TYPES:
         raise KontrastError(f"--index-type {index_type!r} is not one of {', '.join(ann.INDEX_TYPES)}")

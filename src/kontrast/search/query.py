@@ -52,7 +52,7 @@ class Searcher:
 
     def __init__(self, index: SearchIndex, model: torch.nn.Module, preprocess: Callable, tokenizer: Callable,
                  spec: str, lock: bool = True, gate: DecodeGate | None = None) -> None:
-        from ..api import fingerprint
+        from ..record import fingerprint
 
         index.check_model(fingerprint(model), spec)
         self.index, self.model, self.preprocess, self.tokenizer = index, model, preprocess, tokenizer

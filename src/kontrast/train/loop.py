@@ -87,8 +87,8 @@ def _decoder(model: nn.Module, cfg: TrainConfig):
     from ..data.stream import AugmentConfig, SampleDecoder
 
     aug = AugmentConfig(cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale, cfg.caption_head)
-    v = model.config.vision
-    return SampleDecoder(model.image_size, v.mean, v.std, aug)
+    pre = model.record.preprocess  # the model's own normalisation
+    return SampleDecoder(model.image_size, pre.mean, pre.std, aug)
 
 
 def build_train_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_step: int,
@@ -141,10 +141,13 @@ class Trainer:
         state = ckpt_io.load_checkpoint(ckpt_io.resolve_resume(resume, self.run_dir)) if resume else None
         torch.manual_seed(cfg.seed)
         if state is not None:
-            mcfg = ModelConfig.from_dict(state["model_config"])
             from ..models import CLIP
+            from ..record import ModelRecord
 
-            self.model = CLIP(mcfg)
+            if "model_record" in state:
+                self.model = CLIP(ModelRecord.from_dict(state["model_record"], "training checkpoint"))
+            else:  # a checkpoint written before model records
+                self.model = CLIP(ModelConfig.from_dict(state["model_config"], "training checkpoint"))
             missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
             if unexpected or any(not k.startswith("text.transformer.") for k in missing):
                 raise KontrastError(f"checkpoint does not fit its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -155,9 +158,9 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         self.model.train()
         apply_locks(self.model, cfg)
-        from ..api import get_tokenizer
+        from ..record import build_tokenizer
 
-        self.tokenizer = get_tokenizer(self.model)
+        self.tokenizer = build_tokenizer(self.model.record)
         self.text_cache = TextFeatureCache(self.model, self.tokenizer) if cfg.lock_text else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
@@ -182,7 +185,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             import json
 
-            resolved = cfg.to_dict() | {"model_config_resolved": self.model.config.to_dict(), "total_steps": self.total_steps,
+            resolved = cfg.to_dict() | {"model_config_resolved": self.model.config.to_dict(),
+                                        "model_record": self.model.record.to_dict(), "total_steps": self.total_steps,
                                         "precision_resolved": self.precision,
                                         "world_size": self.info.world_size}
             (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n", encoding="utf-8")
@@ -272,7 +276,8 @@ class Trainer:
 
         keep_text = not (self.cfg.lock_text and self.model.config.text.hf_model)
         return {"step": self.step, "model": _state_for_saving(self.model, include_text_encoder=keep_text),
-                "model_config": self.model.config.to_dict(), "optimizer": self.optimizer.state_dict(),
+                "model_config": self.model.config.to_dict(), "model_record": self.model.record.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "rng": ckpt_io.rng_state(), "skipped": self.skipped,
                 "stream_state": self._gather_stream_state(),
                 "train_config": self.cfg.to_dict()}
