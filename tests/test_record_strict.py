@@ -17,7 +17,8 @@ import kontrast
 from kontrast import architectures
 from kontrast.checkpoints import convert
 from kontrast.cli import main
-from kontrast.errors import ConfigError
+from kontrast.config import ModelConfig
+from kontrast.errors import ConfigError, KontrastError
 from kontrast.models import CLIP
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
@@ -32,7 +33,7 @@ def _open_clip_copy(fixtures_dir, tmp_path, edit) -> Path:
 
 
 @pytest.mark.parametrize("where,key,value", [
-    ("vision_cfg", "timm_model_name", "swin_base_patch4_window7_224"),  # a timm image tower
+    ("vision_cfg", "pos_embed_type", "sin_cos_2d"),
     ("vision_cfg", "attentional_pool", True),
     ("vision_cfg", "ls_init_value", 0.1),
     ("vision_cfg", "pool_type", "none"),
@@ -41,7 +42,7 @@ def _open_clip_copy(fixtures_dir, tmp_path, edit) -> Path:
     ("text_cfg", "embed_cls", True),
     ("text_cfg", "tokenizer_kwargs", {"clean": "canonicalize"}),
     ("text_cfg", "some_new_key", 1),
-    ("model_cfg", "multimodal_cfg", {"width": 64}),
+    ("model_cfg", "nonscalar_logit_scale", True),
 ])
 def test_unsupported_open_clip_keys_are_refused_in_one_line(fixtures_dir, tmp_path, where, key, value):
     def edit(raw):
@@ -61,16 +62,22 @@ def test_metaclip2_config_is_refused_not_loaded(fixtures_dir, tmp_path):
         raw["model_cfg"]["text_cfg"].update({"pool_type": "eos", "eos_id": 2, "hf_tokenizer_name": "facebook/xlm-v-base"})
 
     folder = _open_clip_copy(fixtures_dir, tmp_path, edit)
-    with pytest.raises(ConfigError, match="hf_tokenizer_name='facebook/xlm-v-base'"):
+    with pytest.raises(KontrastError, match="hf_tokenizer_name 'facebook/xlm-v-base' belongs to the MetaCLIP 2"):
         kontrast.load(folder)
+    # the same text config reached without the folder check (an inline training config) is refused by the reader
+    raw = json.loads((folder / "open_clip_config.json").read_text())
+    with pytest.raises(ConfigError, match="hf_tokenizer_name='facebook/xlm-v-base'"):
+        ModelConfig.from_dict(raw["model_cfg"], "recipe model_config")
+    raw["model_cfg"]["vision_cfg"]["timm_model_name"] = "swin_base_patch4_window7_224"
+    with pytest.raises(ConfigError, match="timm_model_name='swin_base_patch4_window7_224'"):
+        ModelConfig.from_dict(raw["model_cfg"], "recipe model_config")
 
 
 def test_cli_exits_2_with_one_line(fixtures_dir, tmp_path, capsys):
-    folder = _open_clip_copy(fixtures_dir, tmp_path, lambda raw: raw["model_cfg"]["vision_cfg"].update(
-        timm_model_name="swin_base_patch4_window7_224"))
+    folder = _open_clip_copy(fixtures_dir, tmp_path, lambda raw: raw["model_cfg"]["vision_cfg"].update(ls_init_value=0.1))
     assert main(["info", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "timm_model_name='swin_base_patch4_window7_224'" in err and "Traceback" not in err and "\n" not in err
+    assert "vision_cfg.ls_init_value=0.1" in err and "Traceback" not in err and "\n" not in err
 
 
 def test_unknown_preprocess_and_hf_keys_are_refused(fixtures_dir, tmp_path):

@@ -171,7 +171,10 @@ def test_family_of_config_reads_open_clips_configs(oracle):
     assert families.family_of_config({"vision_cfg": {"timm_model_name": "convnext_base"}}) == "ConvNeXt"
     assert families.family_of_config({"vision_cfg": {"timm_model_name": "vit_base_patch16_siglip_224"},
                                       "text_cfg": {"hf_tokenizer_name": "timm/ViT-B-16-SigLIP2"}}) == "SigLIP 2"
-    assert families.family_of_config({"vision_cfg": {"no_ln_pre": True}, "text_cfg": {}}) == "CLIPA"
+    assert families.family_of_config({"vision_cfg": {"no_ln_pre": True},
+                                      "text_cfg": {"hf_tokenizer_name": "bert-base-uncased"}}) == "CLIPA"
+    # the switches alone are implemented (tests/test_record.py): such a config is a ViT
+    assert families.family_of_config({"vision_cfg": {"no_ln_pre": True}, "text_cfg": {}}) == "ViT"
     assert hub.get_pretrained_entry("MobileCLIP2-L-14", "dfndr2b")["family"] == "MobileCLIP"
     assert hub.get_pretrained_entry("nllb-clip-base-siglip", "v1")["family"] == "NLLB-CLIP"
 

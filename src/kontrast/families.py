@@ -73,7 +73,7 @@ def family_evidence(cfg: Mapping[str, Any]) -> tuple[str, str]:
     """``(family, evidence)`` of an open_clip / kontrast config dict; ``evidence`` names the deciding key and value.
 
     Reads the keys that change what a model is: a CoCa decoder, a Hugging Face text tower by name, a timm
-    trunk, CLIPA's pooling switches, MetaCLIP 2's EOS pooling, SigLIP 2's tokenizer name.
+    trunk, CLIPA's and MetaCLIP 2's tokenizers (with their pooling switches), SigLIP 2's tokenizer name.
     """
     cfg = cfg.get("model_cfg", cfg)
     vision = cfg.get("vision_cfg") or {}
@@ -93,13 +93,15 @@ def family_evidence(cfg: Mapping[str, Any]) -> tuple[str, str]:
                     return "SigLIP 2", evidence
                 return family, evidence
         return "timm", evidence
-    for key in ("no_ln_pre", "final_ln_after_pool"):
-        if vision.get(key):
-            return "CLIPA", f"vision_cfg.{key} {vision[key]!r}"
-    if vision.get("pool_type") not in (None, "tok"):
-        return "CLIPA", f"vision_cfg.pool_type {vision['pool_type']!r}"
-    if text.get("pool_type") == "eos" or "eos_id" in text:
-        return "MetaCLIP 2", f"text_cfg.pool_type {text.get('pool_type')!r}"
+    # CLIPA's and MetaCLIP 2's pooling switches (no_ln_pre, final_ln_after_pool, avg / last / eos pooling,
+    # bidirectional text) are implemented (kontrast.config); what kontrast lacks is their tokenizers, named by
+    # hf_tokenizer_name (bert-base-uncased with strip_sep_token; facebook/xlm-v-base).
+    tokenizer = text.get("hf_tokenizer_name")
+    clipa = any(vision.get(k) for k in ("no_ln_pre", "final_ln_after_pool")) or vision.get("pool_type") not in (None, "tok")
+    if tokenizer and clipa:
+        return "CLIPA", f"text_cfg.hf_tokenizer_name {tokenizer!r}"
+    if tokenizer and (text.get("pool_type") == "eos" or "eos_id" in text):
+        return "MetaCLIP 2", f"text_cfg.hf_tokenizer_name {tokenizer!r}"
     if isinstance(vision.get("layers"), (list, tuple)):
         return "ResNet", "vision_cfg.layers (a list of stage depths)"
     return "ViT", "vision_cfg.patch_size"
