@@ -29,7 +29,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from fixture_families.common import import_open_clip  # noqa: E402
+from fixture_families.common import import_open_clip
 
 SHARED = REPO.parent / "shared"
 RGB_IMAGES = ["rgb_300x200", "rgb_97x311", "rgb_64x64"]
@@ -65,8 +65,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="kontrast-record-"))
-    import kontrast
     from PIL import Image
+
+    import kontrast
 
     open_clip = import_open_clip()
     import transformers
