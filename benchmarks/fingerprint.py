@@ -49,7 +49,7 @@ def main() -> None:
     token = time.perf_counter() - t0
     print(f"CPU: {cpu_model()} | {isa_label()} | torch {torch.__version__} | threads {torch.get_num_threads()}")
     print(f"model: {args.model}, {n / 1e6:.1f}M parameters, {nbytes / 1e6:.0f} MB of tensors")
-    print("| what | seconds (min of %d) |" % args.repeats)
+    print(f"| what | seconds (min of {args.repeats}) |")
     print("|---|---:|")
     for label, seconds in rows:
         print(f"| {label} | {seconds:.4f} |")
