@@ -315,3 +315,22 @@ def test_evaluate_restores_each_modules_mode(clip, tmp_path):
         evaluate("zeroshot", model, tmp_path / "missing", preprocess=pre, tokenizer=tok)
     assert {name: m.training for name, m in model.named_modules()} == modes
     model.eval()
+
+
+def test_model_object_is_evaluated_with_its_own_preprocessing(tmp_path, monkeypatch):
+    """Without ``preprocess=``, evaluation uses the transform the model's record describes (here SigLIP's
+    mean/std 0.5, squash, RGB first), not OpenAI's defaults rebuilt from the config."""
+    import kontrast.evaluate.runner as runner
+
+    model, preprocess, tokenizer = kontrast.load(Path(__file__).parent / "fixtures" / "families" / "siglip_hf")
+    seen = []
+    real = runner.image_features
+
+    def spy(m, pre, *args, **kwargs):
+        seen.append(repr(pre))
+        return real(m, pre, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "image_features", spy)
+    data = _folder(tmp_path / "colors", per_class=1)
+    evaluate("zeroshot", model, data, ZeroShotOptions(templates="{}"), run=RunOptions(use_cache=False))
+    assert seen == [repr(preprocess)] and "mean=(0.5, 0.5, 0.5)" in seen[0] and "squash" in seen[0]

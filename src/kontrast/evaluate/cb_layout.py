@@ -15,7 +15,9 @@ A sample is ``<key>.webp`` / ``.png`` / ``.jpg`` / ``.jpeg`` (the first of these
 ``<key>.txt`` (retrieval: one caption per line, every line a caption, as ``str.splitlines`` gives them).
 
 Images are decoded the way CLIP_benchmark's loader decodes them: ``convert("RGB")`` *before* the
-model's transform (``DecodeRGBFirst``), so an RGBA or palette image gives the same pixels as there.
+model's transform (``DecodeRGBFirst``), so an RGBA or palette image gives the same pixels as there. That
+drops alpha without compositing; it is not ``Preprocess(rgb_first=True)``, which composites onto white as
+Hugging Face processors do (a model with that setting then receives an RGB image, as in CLIP_benchmark).
 Languages: ``classnames_{lang}.txt`` (``en`` reads ``classnames.txt``) and, when present,
 ``zeroshot_classification_templates_{lang}.txt``; CLIP_benchmark 1.6.2 itself reads only the English
 files of a webdataset folder, so other languages are kontrast's extension of the same layout.
