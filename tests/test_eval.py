@@ -320,9 +320,9 @@ def test_evaluate_restores_each_modules_mode(clip, tmp_path):
 def test_model_object_is_evaluated_with_its_own_preprocessing(tmp_path, monkeypatch):
     """Without ``preprocess=``, evaluation uses the transform the model's record describes (here SigLIP's
     mean/std 0.5, squash, RGB first), not OpenAI's defaults rebuilt from the config."""
-    import kontrast.evaluate.runner as runner
+    from kontrast.evaluate import runner
 
-    model, preprocess, tokenizer = kontrast.load(Path(__file__).parent / "fixtures" / "families" / "siglip_hf")
+    model, preprocess, _ = kontrast.load(Path(__file__).parent / "fixtures" / "families" / "siglip_hf")
     seen = []
     real = runner.image_features
 
