@@ -95,8 +95,18 @@ def test_search_page_in_headless_chromium(tmp_path, data_dir, fixtures_dir):
             assert "score" in details.text and str(tmp_path / "data") in details.text
             _wait(lambda: driver.execute_script("return document.getElementById('detail-image').naturalWidth > 0"),
                   what="detail image")
+            # the "where" view: a heatmap of the query text over the same image, and back
+            where = driver.find_element(By.ID, "detail-where")
+            assert where.is_displayed() and "an emoji of a flag" in where.text
+            where.click()
+            _wait(lambda: driver.execute_script(
+                "const i = document.getElementById('detail-image');"
+                "return i.src.includes('/locate/') && i.complete && i.naturalWidth > 0;"), what="where overlay")
+            assert "q=an+emoji+of+a+flag" in driver.find_element(By.ID, "detail-image").get_attribute("src")
             if os.environ.get("KONTRAST_SCREENSHOT"):
                 driver.save_screenshot(os.environ["KONTRAST_SCREENSHOT"])
+            where.click()
+            _wait(lambda: "/thumb/" in driver.find_element(By.ID, "detail-image").get_attribute("src"), what="thumb back")
             driver.find_element(By.ID, "close-details").click()
             _wait(lambda: not details.is_displayed(), what="details closed")
 

@@ -22,6 +22,7 @@ COMMANDS = [
     "search",
     "serve",
     "classify",
+    "locate",
     "embed",
     "demo",
     "generate",

@@ -371,6 +371,16 @@ class Preprocess:
             img = img.resize(new_wh, self._resample())
         return _crop_or_pad(img, self.target_hw, self.fill) if self.crop else img
 
+    def input_region(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a ``width x height`` source image that the output covers, as ``(x0, y0, x1, y1)`` in source
+        pixels: the centre crop's box, or a box reaching past the image where the transform pads (``"longest"``).
+        Maps output-pixel positions (a localisation heatmap) back onto the source image."""
+        new_w, new_h = _resized_size(width, height, self.target_hw, self.resize_mode)
+        th, tw = self.target_hw
+        left, top, right, bottom = (0, 0, tw, th) if self.resize_mode == "squash" else _center_box(new_w, new_h, self.target_hw)
+        sx, sy = width / new_w, height / new_h
+        return left * sx, top * sy, right * sx, bottom * sy
+
     def _fast(self, img: Image.Image, name: str, owned: bool) -> Image.Image:
         if img.mode in ("1", "P"):  # Pillow resizes these NEAREST: cheap already, and box-resizing
             _decode(img, name)  # them would pick different source pixels

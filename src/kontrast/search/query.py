@@ -109,6 +109,25 @@ class Searcher:
             out = self.model.encode_image(x, normalize=True)
         return out.float().cpu().numpy()[0]
 
+    def locate(self, image: Any, texts: Sequence[str], method: str = "maskclip", size: int | None = None,
+               name: str = "image") -> tuple[Image.Image, Any]:
+        """``(RGB image, kontrast.locate.Localisation)``: where each text is in one image (path, bytes or PIL image),
+        decoded under the gate's limits like an upload; ``size`` defaults to twice the model's image size."""
+        from ..locate import locate
+        from ..preprocess import load_image
+
+        if not hasattr(self.model, "visual"):
+            raise KontrastError("localisation needs the PyTorch image tower; this server runs another back end "
+                                "(restart it without --backend onnx)")
+        if self.gate is None or isinstance(image, Image.Image):
+            img = load_image(image).convert("RGB")
+        else:
+            with self.gate.decoded(image, name) as decoded:
+                img = decoded.convert("RGB")  # a copy that outlives the gate's slot
+        size = size or 2 * self.model.image_size
+        with self._model_lock(), torch.inference_mode():
+            return img, locate(self.model, [img], list(texts), method=method, size=size, tokenizer=self.tokenizer)
+
     def query_vector(self, text: str | None = None, image: Any = None,
                      name: str = "upload") -> tuple[np.ndarray, np.ndarray | None]:
         """``(query [D], text embedding [D] or None)``: the normalised mean of the given parts."""

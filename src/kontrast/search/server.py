@@ -2,7 +2,8 @@
 
 Endpoints: ``GET /search?q=&k=``, ``POST /search`` (multipart image, optional ``q``), ``POST /classify``
 (image + labels + templates), ``POST /embed`` (texts and/or an image -> vectors), ``GET /thumb/{id}``,
-``GET /image/{id}``, ``GET /item/{id}``, ``GET /health``, ``/docs`` (OpenAPI), and the page at ``/``.
+``GET /image/{id}``, ``GET /locate/{id}?q=`` (a heatmap of where ``q`` is in the image), ``GET /item/{id}``,
+``GET /health``, ``/docs`` (OpenAPI), and the page at ``/``.
 
 Safety (README, "Security"): every request first passes ``guard.RequestGuard`` (URL length 414, ``Host``
 header 400, access token 401, body size 413 before the body is read). Files are looked up by integer row id
@@ -19,6 +20,7 @@ pages cannot read responses.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from ..errors import ImageError, KontrastError
 from .decode import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_PIXELS, DecodeGate
 from .guard import LOOPBACK_NAMES, RequestGuard
-from .media import THUMB_SIZES, MediaReader, StaleItemError
+from .media import THUMB_SIZES, LRUBytes, MediaReader, StaleItemError
 from .query import Searcher
 
 logger = logging.getLogger(__name__)
@@ -220,6 +222,31 @@ def create_app(searcher: Searcher, options: ServerOptions | None = None, **chang
     def image(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)]) -> Response:
         data, media_type = media.original(_row(item_id))
         return Response(data, media_type=media_type, headers={"Content-Disposition": "inline"})
+
+    overlays = LRUBytes(opts.thumb_cache_bytes // 4)  # rendered /locate pictures
+
+    @app.get("/locate/{item_id}", summary="where a text is in an indexed image: a heatmap overlay (PNG)",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def locate_overlay(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)],
+                       q: Annotated[str, Query(min_length=1, max_length=500, description="text to locate")],
+                       method: Annotated[str, Query(pattern="^(maskclip|tokens|crops)$")] = "maskclip",
+                       size: int = 512) -> Response:
+        if size not in THUMB_SIZES:
+            raise HTTPException(status_code=422, detail=f"size must be one of {list(THUMB_SIZES)}")
+        row = _row(item_id)
+        key = (item_id, row["sha256"], q, method, size)
+        hit = overlays.get(key)
+        if hit is None:
+            from ..locate.render import overlay_for
+
+            data, _ = media.original(row)
+            img, loc = searcher.locate(data, [q], method=method, name=f"item {item_id}")
+            picture = overlay_for(img, loc.heat(0, 0), loc.regions[0], max_side=size)
+            buf = io.BytesIO()
+            picture.save(buf, format="PNG")
+            hit = (buf.getvalue(), "image/png")
+            overlays.put(key, hit)
+        return Response(hit[0], media_type=hit[1], headers={"Cache-Control": "private, max-age=3600"})
 
     app.add_middleware(RequestGuard, max_bytes=opts.max_upload_bytes, max_url_bytes=opts.max_url_bytes,
                        allowed_hosts=opts.allowed_hosts, token=opts.auth_token)

@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let queryImage = null; // File chosen or dropped as the image query
+let lastText = ""; // text of the search whose results are shown (for the "where" view)
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -70,7 +71,17 @@ function field(list, label, value) {
 }
 
 function showDetails(r) {
-  $("detail-image").src = `/thumb/${r.id}?size=512`;
+  const thumb = `/thumb/${r.id}?size=512`;
+  $("detail-image").src = thumb;
+  const where = $("detail-where");
+  where.hidden = !lastText;
+  where.setAttribute("aria-pressed", "false");
+  where.textContent = `where is “${lastText}”?`;
+  where.onclick = () => {
+    const on = where.getAttribute("aria-pressed") !== "true";
+    where.setAttribute("aria-pressed", String(on));
+    $("detail-image").src = on ? `/locate/${r.id}?${new URLSearchParams({ q: lastText, size: 512 })}` : thumb;
+  };
   $("detail-image").alt = r.caption || fileName(r.path);
   $("detail-open").href = r.image;
   const list = $("detail-fields");
@@ -112,6 +123,7 @@ async function runSearch() {
       response = await fetch(`/search?${params}`);
     }
     const body = await readJson(response);
+    lastText = captions ? "" : q;
     renderResults(body.results);
     const ms = Math.round(performance.now() - started);
     setStatus(`${body.results.length} results in ${ms} ms`);
