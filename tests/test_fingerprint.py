@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import kontrast
+from kontrast import fingerprint
 from kontrast import zeroshot as zs
-from kontrast.record import fingerprint, forget_fingerprint
 
 NAMES = ["cat", "dog", "car"]
 
@@ -43,6 +43,8 @@ def test_fingerprint_follows_training_and_load_state_dict(vit, fixtures_dir):
     other, _, _ = kontrast.load(fixtures_dir / "openai_vit.pt")
     model.load_state_dict(other.state_dict())
     assert fingerprint(model) == first  # the original weights again
+    from kontrast.record import forget_fingerprint
+
     with torch.no_grad():
         model.logit_scale.data.add_(1.0)  # through .data: the version counter does not see it ...
     forget_fingerprint(model)  # ... so the caller says so

@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 import kontrast
 from kontrast.preprocess import Preprocess
-from kontrast.record import ModelRecord, PreprocessConfig, build_preprocess, record_of
 
 FAMILIES = Path(__file__).parent / "fixtures" / "families"
 MANIFEST = json.loads((FAMILIES / "manifest.json").read_text())["families"]
@@ -26,9 +25,10 @@ MANIFEST = json.loads((FAMILIES / "manifest.json").read_text())["families"]
 @pytest.mark.parametrize("mode", sorted(MANIFEST["oc_preprocess"]["modes"]))
 def test_preprocess_modes_match_open_clip(mode, fixtures_dir):
     spec = MANIFEST["oc_preprocess"]
-    kw = spec["modes"][mode]
-    cfg = PreprocessConfig.from_dict({k: v for k, v in kw.items()}, "test")
-    pre = Preprocess.from_config(cfg, spec["size"])
+    kw = dict(spec["modes"][mode])
+    if "fill_color" in kw:
+        kw["fill"] = kw.pop("fill_color")
+    pre = Preprocess(spec["size"], **kw)
     expected = load_file(str(FAMILIES / "oc_preprocess" / "expected.safetensors"))
     for name in spec["images"]:
         with Image.open(fixtures_dir / "preprocess" / f"{name}.png") as img:
@@ -37,6 +37,8 @@ def test_preprocess_modes_match_open_clip(mode, fixtures_dir):
 
 
 def test_preprocess_config_round_trips_through_the_transform():
+    from kontrast.record import PreprocessConfig
+
     cfg = PreprocessConfig(mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", resize_mode="longest", fill=7)
     assert Preprocess.from_config(cfg, 40).config == cfg
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
@@ -83,6 +85,8 @@ def test_kontrast_file_keeps_variant_c_inert_keys(tmp_path):
 
 # ---- the record travels with the model -------------------------------------------------------------------
 def test_model_carries_its_record(fixtures_dir):
+    from kontrast.record import build_preprocess
+
     model, preprocess, tokenizer = kontrast.load(fixtures_dir / "open_clip_vit")
     record = model.record
     assert record.arch is model.config
@@ -118,6 +122,8 @@ def test_fingerprint_covers_the_preprocessing(fixtures_dir):
 
 
 def test_record_of_plain_objects_is_the_default_record(fixtures_dir):
+    from kontrast.record import ModelRecord, PreprocessConfig, record_of
+
     model, _, _ = kontrast.load(fixtures_dir / "openai_vit.pt")
     assert isinstance(record_of(model), ModelRecord)
     fresh = kontrast.create_model("tiny-ViT")
@@ -133,6 +139,7 @@ def test_checkpoint_tokenizer_folder_moves_with_the_record(tmp_path):
 
 def test_half_mean_bilinear_squash_survives_finetune_save_export_load(fixtures_dir, data_dir, tmp_path):
     """load -> fine-tune one step -> save -> export hf / open_clip -> load each: the same preprocessing and outputs."""
+    from kontrast.record import PreprocessConfig
     from kontrast.train.config import TrainConfig
     from kontrast.train.loop import Trainer, _decoder
 
@@ -171,3 +178,17 @@ def test_half_mean_bilinear_squash_survives_finetune_save_export_load(fixtures_d
         with torch.no_grad():
             torch.testing.assert_close(loaded.encode_image(pixels), ref[0], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(loaded.encode_text(ids), ref[1], atol=1e-4, rtol=1e-4)
+
+
+def test_evaluation_of_a_model_object_uses_its_record(tmp_path, fixtures_dir):
+    """evaluate(model) without a preprocess: the model's own normalisation and resize mode, not OpenAI's."""
+    from kontrast.evaluate.runner import _resolve_model
+
+    folder = shutil.copytree(fixtures_dir / "open_clip_vit", tmp_path / "m")
+    raw = json.loads((folder / "open_clip_config.json").read_text())
+    raw["preprocess_cfg"] = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "resize_mode": "squash"}
+    (folder / "open_clip_config.json").write_text(json.dumps(raw))
+    model, preprocess, _ = kontrast.load(folder)
+    _, derived, _, _ = _resolve_model(model, None, None, None)
+    image = fixtures_dir / "preprocess" / "rgb_300x200.png"
+    assert torch.equal(derived(image), preprocess(image))

@@ -33,6 +33,7 @@ from .record import (
     build_tokenizer,
     fingerprint,
     keep_fingerprint,
+    record_for_writing,
     record_of,
     tokenizer_for,
 )
@@ -309,17 +310,6 @@ def _state_for_saving(model: CLIP, include_text_encoder: bool) -> dict[str, torc
     return sd
 
 
-def _record_for_writing(model: Any, preprocess: Any = None) -> ModelRecord:
-    """The model's record, with the preprocessing replaced when the caller passes one (a ``Preprocess``,
-    a ``PreprocessConfig`` or an open_clip-style dict)."""
-    record = record_of(model)
-    if preprocess is not None:
-        pre = getattr(preprocess, "config", preprocess)
-        pre = pre if isinstance(pre, PreprocessConfig) else PreprocessConfig.from_dict(pre, "preprocess argument")
-        record = replace(record, preprocess=pre)
-    return record
-
-
 def save(model: CLIP, folder: str | os.PathLike, include_text_encoder: bool | None = None,
          preprocess: Any = None) -> Path:
     """Write kontrast's format (safetensors + the JSON record) to ``folder``.
@@ -331,7 +321,7 @@ def save(model: CLIP, folder: str | os.PathLike, include_text_encoder: bool | No
         from .models.hf_text import PACKAGED_ENCODERS
 
         include_text_encoder = model.config.text.hf_model not in PACKAGED_ENCODERS
-    record = _record_for_writing(model, preprocess)
+    record = record_for_writing(model, preprocess)
     if not isinstance(record.arch, ModelConfig):
         raise ConfigError(f"kontrast's own format holds CLIP models; write this {type(record.arch).__name__} model with "
                           "kontrast.export(model, DIR, format='open_clip' or 'hf')")
@@ -341,7 +331,7 @@ def save(model: CLIP, folder: str | os.PathLike, include_text_encoder: bool | No
 def export(model: CLIP, folder: str | os.PathLike, format: str = "hf", preprocess: Any = None) -> Path:
     """Export to the layout another library loads: ``"hf"`` (transformers ``CLIPModel`` +
     ``CLIPImageProcessor``) or ``"open_clip"``. What the format cannot express is refused (``ConfigError``)."""
-    record = _record_for_writing(model, preprocess)
+    record = record_for_writing(model, preprocess)
     if not isinstance(record.arch, ModelConfig):  # another family (SigLIP): its own writers
         import copy
 

@@ -322,6 +322,17 @@ def record_of(model: Any) -> ModelRecord:
     return ModelRecord.default(model.config)
 
 
+def record_for_writing(model: Any, preprocess: Any = None) -> ModelRecord:
+    """The model's record, with the preprocessing replaced when the caller passes one (a ``Preprocess``, a
+    ``PreprocessConfig`` or an open_clip-style dict), for writers (``save``, ``export``, ONNX export)."""
+    record = record_of(model)
+    if preprocess is not None:
+        pre = getattr(preprocess, "config", preprocess)
+        pre = pre if isinstance(pre, PreprocessConfig) else PreprocessConfig.from_dict(pre, "preprocess argument")
+        record = dataclasses.replace(record, preprocess=pre)
+    return record
+
+
 # ---- fingerprint ------------------------------------------------------------------------------------
 _MEMO = "_kontrast_fingerprint_memo"
 

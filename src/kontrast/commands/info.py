@@ -55,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
     model, preprocess, tokenizer = load(args.model, pretrained=args.pretrained)
     n_params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"config": model.config.to_dict(), "parameters": n_params, "fingerprint": fingerprint(model),
+    from ..record import record_of
+
+    record_dict = record_of(model).to_dict()  # architecture, preprocessing, tokenizer, provenance
+    print(json.dumps({"config": record_dict["model_cfg"], "preprocess": record_dict["preprocess_cfg"],
+                      "tokenizer": record_dict["tokenizer_cfg"], "provenance": record_dict["provenance"],
+                      "parameters": n_params, "fingerprint": fingerprint(model),
                       "checkpoint": getattr(model, "checkpoint_path", None)}, indent=2))
     record = select(model, preprocess, tokenizer)[1] if args.precision == "auto" else read_choice(fingerprint(model))
     if record is None:

@@ -151,12 +151,10 @@ def export_onnx(
     records the model's record (``model.record``); ``preprocess`` (a ``Preprocess``, ``PreprocessConfig`` or
     open_clip-style dict) replaces its preprocessing.
     """
-    from ..record import fingerprint, keep_fingerprint
+    from ..record import fingerprint, keep_fingerprint, record_for_writing
 
     if preprocess is not None:
-        from ..api import _record_for_writing
-
-        record = _record_for_writing(model, preprocess)
+        record = record_for_writing(model, preprocess)
         model = copy.copy(model)  # a shallow copy: same weights, its own record
         model.record = record
     param = next(model.parameters())

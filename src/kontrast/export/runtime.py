@@ -245,15 +245,13 @@ def export_cached(name_or_path: str | os.PathLike, **load_kwargs: Any) -> Path:
 def export_model_cached(torch_model: CLIP, preprocess: Any = None) -> Path:
     """``export_cached`` for a model already loaded in PyTorch (the export is keyed by its fingerprint).
     ``preprocess`` (if given) replaces the record's preprocessing (and so takes part in the fingerprint)."""
-    from ..record import fingerprint
+    from ..record import fingerprint, record_for_writing
 
     if preprocess is not None:
         import copy
 
-        from ..api import _record_for_writing
-
         view = copy.copy(torch_model)  # the same weights, with the record to export
-        view.record = _record_for_writing(torch_model, preprocess)
+        view.record = record_for_writing(torch_model, preprocess)
         torch_model = view
     if getattr(torch_model, "checkpoint_path", None) is None:
         temporary = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
