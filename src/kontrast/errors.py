@@ -27,3 +27,8 @@ class OfflineError(KontrastError):
 class ConfigError(CheckpointError):
     """A config key or value that kontrast does not implement (or cannot write): loading or exporting it would
     silently give another model, so it is refused with the key, the value and the file."""
+
+
+class MissingTowerError(KontrastError, AttributeError):
+    """A one-tower model (e.g. a Hugging Face ``CLIPTextModelWithProjection``) asked for its other tower. It is an
+    ``AttributeError`` too, so ``hasattr`` / ``getattr(model, name, default)`` keep working on such models."""

@@ -218,7 +218,7 @@ class ModelRecord:
         if d:
             key = min(d)
             raise ConfigError(f"{source}: unknown key {key}={d[key]!r}")
-        arch = ModelConfig.from_dict(model_cfg, source)
+        arch = arch_from_dict(model_cfg, source)
         vision = model_cfg.get("vision_cfg") or {}
         if pre is None and ("mean" in vision or "std" in vision):  # kontrast 0.1: normalisation in vision_cfg
             pre = {"mean": vision.get("mean"), "std": vision.get("std")}
@@ -230,6 +230,24 @@ class ModelRecord:
             raise ConfigError(f"{source}: unknown provenance key {min(unknown)!r}")
         provenance = Provenance(**prov)
         return cls(arch, PreprocessConfig.from_dict(pre, source), tokenizer, provenance)
+
+
+# Architectures of other families, by the "family" key their ``to_dict`` writes: "module:class" with ``from_dict``.
+ARCH_FAMILIES = {"siglip": "kontrast.models.siglip:SigLIPConfig",
+                 "clip_tower": "kontrast.models.single_tower:TowerConfig"}
+
+
+def arch_from_dict(d: dict[str, Any], source: str = "model config") -> Any:
+    """An architecture from its ``to_dict``: a ``ModelConfig``, or another family's config (``ARCH_FAMILIES``)."""
+    family = d.get("family") if isinstance(d, dict) else None
+    if family is None:
+        return ModelConfig.from_dict(d, source)
+    if family not in ARCH_FAMILIES:
+        raise ConfigError(f"{source}: model family {family!r} is not one kontrast reads ({', '.join(ARCH_FAMILIES)})")
+    import importlib
+
+    module, name = ARCH_FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), name).from_dict(d, source)
 
 
 def tokenizer_for(arch: Any) -> TokenizerConfig:

@@ -81,7 +81,8 @@ def hf_to_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def openai_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OpenAI naming -> Hugging Face ``CLIPModel`` state dict (ViT image towers only)."""
-    if "visual.conv1.weight" not in sd or "visual.class_embedding" not in sd:
+    vision = any(k.startswith("visual.") for k in sd)  # a text tower alone has none (CLIPTextModelWithProjection)
+    if vision and ("visual.conv1.weight" not in sd or "visual.class_embedding" not in sd):
         raise ValueError("Hugging Face CLIPModel has no ResNet image tower; export a ViT model")
     out: dict[str, torch.Tensor] = {}
     for hf, oa, transpose in _TOP_RENAMES:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..record import ModelRecord
-from .layers import Transformer, tracing
+from .layers import Transformer, check_feature_output, hidden_state_index, tracing
 from .resnet import ModifiedResNet
 from .vit import VisionTransformer
 
@@ -43,6 +43,16 @@ class CLIP(nn.Module):
         self.record = cfg if isinstance(cfg, ModelRecord) else ModelRecord.default(cfg)
         cfg = self.record.arch
         self.visual = build_visual(cfg)
+        self.build_text_tower(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        if cfg.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+        else:
+            self.logit_bias = None
+        self.init_weights()
+
+    def build_text_tower(self, cfg: ModelConfig) -> None:
+        """The text tower's modules under OpenAI's names (or ``text``: a Hugging Face encoder)."""
         t = cfg.text
         self.context_length = t.context_length
         if t.kind == "hf":
@@ -56,17 +66,15 @@ class CLIP(nn.Module):
             self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_ratio, t.act, t.ln_eps)
             self.ln_final = nn.LayerNorm(t.width, eps=t.ln_eps)
             self.text_projection = nn.Parameter(torch.empty(t.width, cfg.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
-        if cfg.init_logit_bias is not None:
-            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
-        else:
-            self.logit_bias = None
-        self.init_weights()
 
     # ---- initialisation ----------------------------------------------------------------
     def init_weights(self) -> None:
         """open_clip's initialisation, for training from scratch."""
         self.visual.init_weights()
+        self.init_text_weights()
+
+    def init_text_weights(self) -> None:
+        """open_clip's initialisation of a CLIP text tower (a Hugging Face encoder keeps its weights)."""
         if self.config.text.kind == "clip":
             nn.init.normal_(self.token_embedding.weight, std=0.02)
             nn.init.normal_(self.positional_embedding, std=0.01)
@@ -82,6 +90,12 @@ class CLIP(nn.Module):
     @config.setter
     def config(self, cfg: ModelConfig) -> None:
         self.record.arch = cfg
+
+    @property
+    def sigmoid(self) -> bool:
+        """Whether zero-shot probabilities are a sigmoid per label (a model trained with the SigLIP loss: it has a
+        ``logit_bias``) rather than a softmax over the labels (see ``kontrast.zeroshot.probabilities``)."""
+        return self.logit_bias is not None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -130,8 +144,14 @@ class CLIP(nn.Module):
             return (ids == t.eos_id).int().argmax(dim=-1)  # first eos id; 0 when a row has none (open_clip)
         return 0 if t.pool_type == "first" else ids.shape[1] - 1
 
-    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Text embeddings ``[N, E]`` from token ids ``[N, L]``, read at ``text_pool_index``."""
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False, output: str = "embedding", layer: int = -1):
+        """Text embeddings ``[N, E]`` from token ids ``[N, L]``, read at ``text_pool_index``.
+
+        ``output="tokens"`` / ``"hidden_states"`` / ``"last_hidden_state"`` return token features instead (see
+        ``text_features``), e.g. the penultimate layer diffusion pipelines condition on (``layer=-2``).
+        """
+        if output != "embedding":
+            return self.text_features(ids, output, layer)
         t = self.config.text
         if t.kind == "hf":
             features = self.text(ids)
@@ -156,6 +176,29 @@ class CLIP(nn.Module):
         from ..locate.core import locate
 
         return locate(self, images, texts, method=method, size=size, **kwargs)
+
+    def text_features(self, ids: torch.Tensor, output: str = "tokens", layer: int = -1) -> torch.Tensor | tuple:
+        """Per-token text features ``[N, L, W]``, indexed as Hugging Face's ``CLIPTextModel`` ``hidden_states``.
+
+        ``"tokens"``: the hidden state after block ``layer`` (0 = token + position embeddings, -1 = the last block,
+        -2 = the penultimate; no final LayerNorm); ``"hidden_states"``: all ``layers + 1`` of them;
+        ``"last_hidden_state"``: the last block's output after ``ln_final`` (HF ``last_hidden_state``). Every position
+        is computed (no cut after the end-of-text token) with the tower's own attention mask (causal for CLIP).
+        A Hugging Face text tower (``hf_model``) returns its encoder's own ``hidden_states`` (see ``HFTextEncoder``).
+        """
+        if self.config.text.kind == "hf":
+            return self.text.forward_features(ids, output, layer)
+        check_feature_output(output)
+        n_layers = len(self.transformer.resblocks)
+        index = hidden_state_index(layer, n_layers, "text") if output == "tokens" else None
+        x = self.token_embedding(ids)  # [N, L, W]
+        hidden = [x + self.positional_embedding[: ids.shape[1]].to(x.dtype)]
+        self.transformer(hidden[0], causal=not self.config.text.no_causal_mask, hidden_states=hidden, stop_at=index)
+        if output == "tokens":
+            return hidden[index]
+        if output == "hidden_states":
+            return tuple(hidden)
+        return self.ln_final(hidden[-1])
 
     def get_logits(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits_per_image [N, M], logits_per_text [M, N])`` scaled by ``exp(logit_scale)``."""

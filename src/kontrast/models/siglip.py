@@ -272,6 +272,28 @@ class SigLIPConfig:
         """A plain dict of the whole config (``api.fingerprint`` hashes it with the weights)."""
         return {"family": "siglip", **asdict(self)}
 
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model config") -> SigLIPConfig:
+        """``to_dict``'s layout back (unknown keys refused in one line naming them and ``source``)."""
+        from dataclasses import fields
+
+        from ..errors import ConfigError
+
+        d = dict(d)
+        d.pop("family", None)
+        towers = {}
+        for key in ("vision", "text"):
+            tower = d.pop(key, None)
+            names = {f.name for f in fields(SigLIPTowerConfig)}
+            if not isinstance(tower, dict) or set(tower) - names:
+                bad = min(set(tower) - names) if isinstance(tower, dict) else tower
+                raise ConfigError(f"{source}: SigLIP {key} tower config: unknown key or value {bad!r}")
+            towers[key] = SigLIPTowerConfig(**tower)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"{source}: SigLIP config: unknown key {min(unknown)!r}")
+        return cls(vision=towers["vision"], text=towers["text"], **d)
+
     def __post_init__(self) -> None:
         if self.embed_dim is None:
             self.embed_dim = self.vision.width
