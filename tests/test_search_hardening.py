@@ -75,8 +75,7 @@ def _corrupt_header(path: Path, offset: int) -> None:
 def test_corrupt_tar_header_reported_not_marked_done(tmp_path, vit, capsys):
     shard = tmp_path / "data-000.tar"
     offsets = _shard(shard)
-    first = _build(tmp_path / "idx", [shard], vit)
-    assert (first.items, len(first.damaged)) == (100, 0)
+    assert _build(tmp_path / "idx", [shard], vit).items == 100
     _corrupt_header(shard, offsets["0050.png"])
     os.utime(shard, ns=(10**18, 10**18))
     stats = _build(tmp_path / "idx", [shard], vit)
