@@ -24,7 +24,7 @@ from .checkpoints.hf_config import model_config_to_hf, preprocess_to_hf
 from .checkpoints.hub import PretrainedTag
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, KontrastError
-from .models import CLIP, interpolate_pos_embed
+from .models import CLIP, interpolate_pos_embed, model_for_record
 from .models.single_tower import SingleTowerCLIP, TowerConfig
 from .record import (
     ModelRecord,
@@ -58,7 +58,8 @@ def list_pretrained(family: str | None = None) -> list[PretrainedTag]:
 
 
 def create_model(name_or_config: str | ModelConfig | ModelRecord, **overrides: Any) -> CLIP:
-    """A freshly initialised model of an architecture (``overrides`` replace top-level config fields)."""
+    """A freshly initialised model of an architecture or a record (``overrides`` replace top-level config fields);
+    a record of another family gives that family's model class (``models.model_for_record``)."""
     if isinstance(name_or_config, ModelRecord):
         record = name_or_config
     else:
@@ -66,7 +67,7 @@ def create_model(name_or_config: str | ModelConfig | ModelRecord, **overrides: A
         record = ModelRecord.default(cfg, Provenance(format="new", source=cfg.name))
     if overrides:
         record = replace(record, arch=replace(record.arch, **overrides))
-    return CLIP(record)
+    return model_for_record(record)
 
 
 # ---- loading --------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def get_tokenizer(model: Any) -> Callable:
 # ---- saving -----------------------------------------------------------------------------------------
 def _state_for_saving(model: CLIP, include_text_encoder: bool) -> dict[str, torch.Tensor]:
     sd = model.state_dict()
-    if model.config.text.kind == "hf" and not include_text_encoder:
+    if getattr(model.config.text, "kind", None) == "hf" and not include_text_encoder:
         sd = {k: v for k, v in sd.items() if not k.startswith("text.transformer.")}
     return sd
 

@@ -26,6 +26,8 @@ import torch
 
 from .errors import KontrastError
 
+# The files a checkpoint's own tokenizer reads (writers copy them along with the weights).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 SPIECE_UNDERLINE = "\u2581"
 # transformers tokenizer classes whose default padding side is left

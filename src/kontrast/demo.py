@@ -70,7 +70,8 @@ class SampleImage:
 
 @dataclass
 class Classification:
-    """Zero-shot result for one image: the top labels with softmax probabilities, and where the truth ranked."""
+    """Zero-shot result for one image: the top labels with their probabilities (``kontrast.zeroshot.probabilities``:
+    a softmax, or a sigmoid per label for SigLIP models), and where the truth ranked."""
 
     file: str
     label: str
@@ -187,7 +188,8 @@ def image_embeddings(model, preprocess, samples: Sequence[SampleImage]) -> torch
 
 def classify(model, img: torch.Tensor, txt: torch.Tensor, samples: Sequence[SampleImage],
              labels: Sequence[str], k: int = TOP_K_LABELS) -> list[Classification]:
-    """Softmax over ``logit_scale * cosine`` for each image; top-k labels and the rank of the true one."""
+    """Probabilities of each image (``kontrast.zeroshot.classify``: softmax, or sigmoid per label for SigLIP);
+    top-k labels and the rank of the true one."""
     from .zeroshot import classify as zeroshot_probs
 
     probs = zeroshot_probs(model, img, txt)  # [N, C]
@@ -219,19 +221,30 @@ def search(model, tokenizer, img: torch.Tensor, samples: Sequence[SampleImage],
 
 
 def describe_model(model, name: str) -> dict:
-    """Identity of the model for the report: fingerprint, towers, sizes, checkpoint path."""
-    from .record import fingerprint
-
+    """Identity of the model for the report: fingerprint, towers, sizes, how probabilities are computed, checkpoint."""
     cfg = model.config
+    if hasattr(cfg, "tower_summary"):  # another family (SigLIP) describes its own towers
+        return _model_info(model, name, *cfg.tower_summary())
     vision = (f"ResNet {cfg.vision.layers}, width {cfg.vision.width}" if cfg.vision.is_resnet else
               f"ViT {cfg.vision.layers} layers, width {cfg.vision.width}, patch {cfg.vision.patch_size}")
     text = (f"{cfg.text.hf_model} ({cfg.text.hf_pooler} pooling)" if cfg.text.hf_model else
             f"Transformer {cfg.text.layers} layers, width {cfg.text.width}")
+    return _model_info(model, name, vision, text)
+
+
+def _model_info(model, name: str, vision: str, text: str) -> dict:
+    from .record import fingerprint
+    from .zeroshot import uses_sigmoid
+
+    bias = getattr(model, "logit_bias", None)
     return {
-        "name": name, "architecture": cfg.name or "custom config", "fingerprint": fingerprint(model),
+        "name": name, "architecture": model.config.name or "custom config", "fingerprint": fingerprint(model),
         "image_size": model.image_size, "embed_dim": model.embed_dim, "vision": vision, "text": text,
         "parameters": sum(p.numel() for p in model.parameters()),
         "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
+        "logit_bias": None if bias is None else round(float(bias.detach()), 3),
+        "probabilities": ("sigmoid(scale * cos + bias) per label (SigLIP)" if uses_sigmoid(model)
+                          else "softmax over the labels"),
         "checkpoint": getattr(model, "checkpoint_path", None),
     }
 
@@ -363,7 +376,8 @@ in training: held-out emoji concepts, the unseen OpenMoji style, held-out clip a
 <h2>Zero-shot classification: top {TOP_K_LABELS} labels</h2>
 <p style="font-size:13px">Each image is scored against {len(report.labels)} labels (its own sample's names plus
 {len(report.labels) - len({c.label for c in report.classifications})} distractors), prompts
-<code>{_e(templates)}</code> averaged. Green top border: the true label came first.</p>
+<code>{_e(templates)}</code> averaged; probabilities: {_e(info.get("probabilities"))}. Green top border: the true label
+came first.</p>
 <div class="grid">{cards}</div>
 <h2>Text search over the sample: top {TOP_K_SEARCH} by cosine similarity</h2><div class="queries">{blocks}</div>
 <h2>Model</h2><table>{rows}</table>

@@ -1,8 +1,10 @@
-"""Zero-shot classification: one text embedding per class from prompt templates, then a softmax.
+"""Zero-shot classification: one text embedding per class from prompt templates, then a softmax (CLIP) or a sigmoid
+per class (SigLIP).
 
 The classifier of a class is the CLIP paper's prompt ensemble: embed ``template.replace("{}", name)``
 for every template, L2-normalise each embedding, average them, and renormalise. Images are classified
-with ``softmax(exp(logit_scale) * normalize(image) @ classifier.T)`` over the classes.
+with ``softmax(exp(logit_scale) * normalize(image) @ classifier.T)`` over the classes, or, for models trained with
+the sigmoid loss, ``sigmoid(exp(logit_scale) * cos + logit_bias)`` per class (``probabilities``).
 
 Template sets are data files in ``kontrast/zeroshot_templates/`` (one template per line, ``{}`` marks
 the class name, blank lines and lines starting with ``"# "`` are ignored):
@@ -47,7 +49,9 @@ __all__ = [
     "encode_texts",
     "fill_template",
     "load_templates",
+    "probabilities",
     "top_k",
+    "uses_sigmoid",
 ]
 
 log = logging.getLogger(__name__)
@@ -210,21 +214,34 @@ def _remember(key: str, weights: torch.Tensor) -> None:
         _memory_cache.popitem(last=False)
 
 
+def uses_sigmoid(model: Any) -> bool:
+    """Whether ``model``'s probabilities are a sigmoid per label: SigLIP models, and CLIP models trained with the
+    SigLIP loss (they have a ``logit_bias``); ``model.sigmoid`` says so."""
+    return bool(getattr(model, "sigmoid", False))
+
+
+@torch.no_grad()
+def probabilities(model: Any, cosines: torch.Tensor) -> torch.Tensor:
+    """Probabilities ``[..., C]`` from cosine similarities ``[..., C]`` of images and labels (float32).
+
+    CLIP models: ``softmax(exp(logit_scale) * cos)`` over the labels. SigLIP models (``uses_sigmoid``, trained with a
+    sigmoid per pair): ``sigmoid(exp(logit_scale) * cos + logit_bias)`` for each label on its own, so a row need not
+    sum to 1 and an image that fits no label gets low probabilities everywhere. Every place that shows zero-shot
+    probabilities (``classify``, the CLI, the server's ``/classify``, the demo report) computes them here.
+    """
+    cos = cosines.float()
+    logits = model.logit_scale.detach().float().exp().to(cos.device) * cos
+    if uses_sigmoid(model):
+        return torch.sigmoid(logits + model.logit_bias.detach().float().to(cos.device))
+    return logits.softmax(dim=-1)
+
+
 @torch.no_grad()
 def classify(model: torch.nn.Module, image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """Class probabilities ``[N, C]`` of ``logits = exp(logit_scale) * normalize(image_features) @ classifier.T``.
-
-    CLIP models: ``softmax(logits)`` over the classes. SigLIP models (``model.sigmoid``, trained with a sigmoid per
-    pair): ``sigmoid(logits + logit_bias)`` for each class on its own, so a row need not sum to 1 and an image that
-    fits no label gets low probabilities everywhere.
-    """
+    """Class probabilities ``[N, C]`` of ``normalize(image_features) @ classifier.T`` (see ``probabilities``)."""
     img = F.normalize(image_features.float(), dim=-1)
     weights = classifier.to(device=img.device, dtype=torch.float32)
-    scale = model.logit_scale.detach().float().exp().to(img.device)
-    logits = scale * img @ weights.T
-    if getattr(model, "sigmoid", False):
-        return torch.sigmoid(logits + model.logit_bias.detach().float().to(img.device))
-    return logits.softmax(dim=-1)
+    return probabilities(model, img @ weights.T)
 
 
 def top_k(probs: torch.Tensor, classnames: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:

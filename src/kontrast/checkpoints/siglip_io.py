@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..checkpoint_tokenizers import TOKENIZER_FILES
 from ..errors import CheckpointError
 from ..models.siglip import SigLIP, SigLIPConfig
 from ..preprocess import Preprocess
@@ -33,7 +34,6 @@ from ..record import (
 from . import siglip_convert, siglip_formats
 from .formats import _atomic, _contiguous, read_json_object
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 _HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 

@@ -70,14 +70,17 @@ def example_inputs(model: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torc
     pixels = torch.randn(batch, 3, model.image_size, model.image_size, generator=generator)
     context = model.context_length
     hf = getattr(model.config.text, "hf_model", None)
-    vocab = model.text.transformer.config.vocab_size if hf else model.config.text.vocab_size
+    # SigLIP configs keep the vocabulary at the top (``SigLIPConfig.vocab_size``)
+    vocab = model.text.transformer.config.vocab_size if hf else getattr(model.config.text, "vocab_size", None) \
+        or model.config.vocab_size
     start, end_id = (101, 102) if hf else (vocab - 2, vocab - 1)  # [CLS]/[SEP], <start_of_text>/<end_of_text>
     pad = int(getattr(getattr(model, "text", None), "pad_token_id", 0)) if hf else 0
     ids = torch.full((batch, context), pad, dtype=torch.long)
     for row in range(batch):
         end = min(context - 1, 3 + 5 * row)
         ids[row, 0] = start
-        ids[row, 1:end] = torch.randint(1000, min(vocab - 3, 49000), (end - 1,), generator=generator)
+        low = min(1000, (vocab - 3) // 2)  # ordinary ids (1000 for CLIP; tiny test vocabularies have fewer)
+        ids[row, 1:end] = torch.randint(low, min(vocab - 3, 49000), (end - 1,), generator=generator)
         ids[row, end] = end_id
     return pixels, ids
 
@@ -106,15 +109,40 @@ def text_truncation(model: nn.Module) -> str:
     masked pooling, so columns after the batch's last non-padding id never matter; ``"none"``: every id may
     matter (bidirectional attention, or pooling at another position)."""
     t = model.config.text
-    if t.kind == "hf":
+    if getattr(t, "kind", None) == "hf":
         return "padding"
-    return "eot" if t.pool_type == "argmax" and not t.no_causal_mask else "none"
+    if getattr(t, "pool_type", None) == "argmax" and not getattr(t, "no_causal_mask", True):
+        return "eot"
+    return "none"  # e.g. SigLIP: bidirectional attention, read at the last position
 
 
-def _manifest(model: nn.Module, opset: int) -> dict[str, Any]:
+BUNDLED_TOKENIZER = "."  # the manifest's tokenizer path when the files lie next to the graphs
+
+
+def bundle_tokenizer(record: Any, folder: Path) -> Any:
+    """The record to write into the manifest: a tokenizer read from a checkpoint's own files (SigLIP's
+    ``tokenizer.json`` / ``spiece.model``) is copied next to the graphs and named ``"."``, so the export folder works
+    without the checkpoint folder; other tokenizers (CLIP BPE, a packaged text encoder's) are left as they are."""
+    import dataclasses
+    import shutil
+
+    from ..checkpoint_tokenizers import TOKENIZER_FILES
+    from ..config import ModelConfig
+
+    tok = record.tokenizer
+    source = Path(tok.path) if tok.path else None
+    if isinstance(record.arch, ModelConfig) or source is None or not source.is_dir():
+        return record
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    return dataclasses.replace(record, tokenizer=dataclasses.replace(tok, path=BUNDLED_TOKENIZER))
+
+
+def _manifest(model: nn.Module, opset: int, folder: Path) -> dict[str, Any]:
     from ..record import fingerprint, record_of
 
-    record = record_of(model)
+    record = bundle_tokenizer(record_of(model), folder)
     bias = getattr(model, "logit_bias", None)
     return {
         "format": "kontrast-onnx",
@@ -178,7 +206,7 @@ def export_onnx(
                     {0: "batch", 1: "sequence"}, opset)
     finally:
         model.train(was_training)
-    manifest = _manifest(model, opset)
+    manifest = _manifest(model, opset, folder)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     log.info("exported %s to %s", manifest["fingerprint"], folder)
     return folder

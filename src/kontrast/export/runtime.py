@@ -30,7 +30,7 @@ from ..config import ModelConfig
 from ..errors import KontrastError
 from ..models.clip import CLIP
 from ..record import ModelRecord, PreprocessConfig, build_preprocess, build_tokenizer
-from .onnx_export import MANIFEST, export_onnx, read_manifest
+from .onnx_export import BUNDLED_TOKENIZER, MANIFEST, export_onnx, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,11 @@ class OnnxCLIP(nn.Module):
         return int(self.manifest["image_size"])
 
     @property
+    def sigmoid(self) -> bool:
+        """Probabilities are a sigmoid per label for SigLIP-trained models (a logit bias), as in PyTorch."""
+        return self.logit_bias is not None
+
+    @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
 
@@ -129,12 +134,15 @@ class OnnxCLIP(nn.Module):
         features = self.visual(images)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False, output: str = "embedding",
+                    **_: Any) -> torch.Tensor:
         """Text embeddings ``[N, E]`` from token ids ``[N, L]``.
 
         Ids that cannot change any feature are cut off first, as the PyTorch model does: after the batch's
         last end-of-text token (CLIP text towers), or trailing padding columns (Hugging Face text towers).
         """
+        if output != "embedding":
+            raise KontrastError(f"output={output!r} needs the PyTorch back end (load with backend='torch')")
         ids = torch.as_tensor(ids)
         rule = self.manifest.get("text_truncation")
         if len(ids) and rule == "eot":
@@ -154,7 +162,10 @@ class OnnxCLIP(nn.Module):
 def manifest_record(manifest: dict[str, Any], source: Path) -> ModelRecord:
     """The model record a manifest holds (older manifests: the config and the normalisation only)."""
     if "record" in manifest:
-        return ModelRecord.from_dict(manifest["record"], str(source))
+        record = ModelRecord.from_dict(manifest["record"], str(source))
+        if record.tokenizer.path == BUNDLED_TOKENIZER:  # the tokenizer files lie next to the graphs
+            record.tokenizer.path = str(Path(source).parent)
+        return record
     pre = manifest.get("preprocess") or {}
     return ModelRecord.default(ModelConfig.from_dict(manifest["config"], str(source)),
                                preprocess=PreprocessConfig.from_dict(pre, str(source)))

@@ -272,6 +272,12 @@ class SigLIPConfig:
         """A plain dict of the whole config (``api.fingerprint`` hashes it with the weights)."""
         return {"family": "siglip", **asdict(self)}
 
+    def tower_summary(self) -> tuple[str, str]:
+        """One line per tower, for reports."""
+        v, t = self.vision, self.text
+        return (f"SigLIP ViT {v.layers} layers, width {v.width}, patch {self.patch_size}, attention-pool head",
+                f"SigLIP Transformer {t.layers} layers, width {t.width}, bidirectional, last-token pooling")
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "model config") -> SigLIPConfig:
         """``to_dict``'s layout back (unknown keys refused in one line naming them and ``source``)."""

@@ -13,7 +13,6 @@ two-class zero-shot decision; an image-only query has no text to compare with an
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -208,10 +207,11 @@ class Searcher:
         Templates are data: ``{}`` is replaced by the label and nothing else in them is interpreted (no
         ``str.format``). With several templates a label's text embedding is the normalised mean over them
         (the CLIP prompt ensemble). ``score`` is the cosine similarity with that embedding; ``prob`` the
-        softmax of ``logit_scale * score`` over the labels (a sigmoid with the bias for SigLIP-style models).
+        softmax of ``logit_scale * score`` over the labels, or for SigLIP models ``sigmoid(logit_scale * score +
+        logit_bias)`` per label (``kontrast.zeroshot.probabilities``).
         ``max_prompts`` caps labels x templates (the text tower runs once per prompt).
         """
-        from ..zeroshot import fill_template
+        from ..zeroshot import fill_template, probabilities
 
         labels = [str(label).strip() for label in labels if str(label).strip()]
         templates = [template] if isinstance(template, str) else list(template)
@@ -231,14 +231,7 @@ class Searcher:
         txt = txt.reshape(len(labels), len(templates), -1).mean(axis=1)  # [L*T, D] -> [L, T, D] -> [L, D]
         txt /= np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
         sims = txt @ img  # [L]
-        scale = float(self.model.logit_scale.detach().exp())
-        bias = getattr(self.model, "logit_bias", None)
-        if bias is not None:
-            probs = [1 / (1 + math.exp(-(scale * s + float(bias.detach())))) for s in sims]
-        else:
-            logits = scale * sims
-            e = np.exp(logits - logits.max())
-            probs = list(e / e.sum())
+        probs = probabilities(self.model, torch.from_numpy(np.asarray(sims, dtype=np.float32))).tolist()
         out = [{"label": label, "score": round(float(s), 6), "prob": round(float(p), 6)}
                for label, s, p in zip(labels, sims, probs)]
         return sorted(out, key=lambda d: -d["prob"])

@@ -40,7 +40,7 @@ class TrainConfig:
     aug_grayscale: float = 0.0
     caption_head: float = 0.0  # probability of training on the caption's part before its first ": "
     # ---- objective and optimisation
-    loss: str = "clip"  # "clip" or "siglip"
+    loss: str | None = None  # "clip" or "siglip"; None: the model family's (SigLIP models: "siglip", else "clip")
     local_loss: bool = False
     gather_with_grad: bool = False
     batch_size: int = 256  # global batch (all ranks, all accumulation steps)
@@ -171,7 +171,7 @@ def validate(cfg: TrainConfig) -> None:
         raise KontrastError("no training data: set train_data in the recipe or pass --train-data")
     if cfg.model is None and cfg.model_config is None:
         raise KontrastError("no model: set model (architecture, checkpoint or 'default') or model_config")
-    if cfg.loss not in ("clip", "siglip"):
+    if cfg.loss not in (None, "clip", "siglip"):
         raise KontrastError(f"loss {cfg.loss!r} is not one of: clip, siglip")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         raise KontrastError(f"precision {cfg.precision!r} is not one of: auto, bf16, fp32")

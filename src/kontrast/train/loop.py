@@ -12,6 +12,7 @@ number of micro-batches for the same reason).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -55,14 +56,29 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         return api.create_model(mcfg)
     model, _, _ = api.load(cfg.model, pretrained=cfg.pretrained)
     model.float()
+    if hasattr(model, "missing_tower"):  # one CLIP tower (a Hugging Face *WithProjection folder)
+        raise model.missing_tower("contrastive training")
     if cfg.loss == "siglip" and model.logit_bias is None:
         model.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_LOGIT_BIAS))
         model.config = replace(model.config, init_logit_bias=SIGLIP_INIT_LOGIT_BIAS)
     return model
 
 
+def default_loss(model: nn.Module) -> str:
+    """The loss a model is trained with when the recipe does not say: SigLIP's sigmoid loss for models whose
+    probabilities are sigmoids (SigLIP, or a CLIP with a ``logit_bias``), else CLIP's softmax loss."""
+    from ..zeroshot import uses_sigmoid
+
+    return "siglip" if uses_sigmoid(model) else "clip"
+
+
+def _hf_text(model: nn.Module) -> bool:
+    """Whether the text tower is a Hugging Face encoder (``text.transformer`` + ``text.proj``)."""
+    return bool(getattr(model.config.text, "hf_model", None))
+
+
 def text_parameters(model: nn.Module, include_proj: bool) -> list[nn.Parameter]:
-    if model.config.text.hf_model:
+    if _hf_text(model):
         mods = [model.text.transformer] + ([model.text.proj] if include_proj else [])
         return [p for m in mods for p in m.parameters()]
     return [p for n, p in model.named_parameters() if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias")]
@@ -75,10 +91,11 @@ def apply_locks(model: nn.Module, cfg: TrainConfig) -> None:
         for p in model.visual.parameters():
             p.requires_grad_(False)
     if cfg.lock_text:
-        hf = bool(model.config.text.hf_model)
+        hf = _hf_text(model)
         for p in text_parameters(model, include_proj=cfg.lock_text_proj or not hf):
             p.requires_grad_(False)
-        for m in ([model.text.transformer] if hf else [model.transformer]):
+        # the module holding the text blocks: an HF encoder, CLIP's ``transformer``, or SigLIP's ``text`` tower
+        for m in ([model.text.transformer] if hf else [getattr(model, "transformer", None) or model.text]):
             m.eval()
 
 
@@ -141,11 +158,11 @@ class Trainer:
         state = ckpt_io.load_checkpoint(ckpt_io.resolve_resume(resume, self.run_dir)) if resume else None
         torch.manual_seed(cfg.seed)
         if state is not None:
-            from ..models import CLIP
+            from ..models import CLIP, model_for_record
             from ..record import ModelRecord
 
-            if "model_record" in state:
-                self.model = CLIP(ModelRecord.from_dict(state["model_record"], "training checkpoint"))
+            if "model_record" in state:  # CLIP, or another family's model (SigLIP)
+                self.model = model_for_record(ModelRecord.from_dict(state["model_record"], "training checkpoint"))
             else:  # a checkpoint written before model records
                 self.model = CLIP(ModelConfig.from_dict(state["model_config"], "training checkpoint"))
             missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
@@ -153,6 +170,8 @@ class Trainer:
                 raise KontrastError(f"checkpoint does not fit its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
         else:
             self.model = build_model(cfg)
+        if cfg.loss is None:  # the loss follows the model family (SigLIP models: the sigmoid loss)
+            cfg = self.cfg = dataclasses.replace(cfg, loss=default_loss(self.model))
         self.model.to(self.device)
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -274,7 +293,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         from ..api import _state_for_saving
 
-        keep_text = not (self.cfg.lock_text and self.model.config.text.hf_model)
+        keep_text = not (self.cfg.lock_text and _hf_text(self.model))
         return {"step": self.step, "model": _state_for_saving(self.model, include_text_encoder=keep_text),
                 "model_config": self.model.config.to_dict(), "model_record": self.model.record.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -354,12 +373,22 @@ class Trainer:
                 self.save_checkpoint()
         if self.info.is_main:
             if cfg.save_model:
-                from ..api import save
-
                 self.model.eval()
-                save(self.model, cfg.save_model)
+                save_trained(self.model, cfg.save_model)
             self.metrics.close()
         return last
+
+
+def save_trained(model: nn.Module, folder: str) -> None:
+    """Write the trained model: kontrast's format for CLIP models; another family (SigLIP) in the layout it was
+    read from (open_clip or Hugging Face), which its loader reads back."""
+    from ..api import export, save
+
+    if isinstance(model.config, ModelConfig):
+        save(model, folder)
+        return
+    born = model.record.provenance.format or ""
+    export(model, folder, format="hf" if born.endswith("hf") else "open_clip")
 
 
 def _chunk_list(items: list[str], n: int) -> list[list[str]]:

@@ -20,7 +20,7 @@ class TextFeatureCache:
         self.model = model
         self.tokenizer = tokenizer
         self.chunk = chunk
-        self.pooled = bool(model.config.text.hf_model)  # cache before the HF projection
+        self.pooled = bool(getattr(model.config.text, "hf_model", None))  # cache before the HF projection
         self.store: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
