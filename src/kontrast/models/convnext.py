@@ -17,7 +17,8 @@ open_clip names is in ``TIMM_CONVNEXT``; ``geometry_from_state_dict`` reads it f
 
 Inference fast path (CPU, no autograd): the feature maps stay channels-last, so the depthwise convolution runs on
 oneDNN's NHWC kernels and each block's permute to (N, H, W, C) is a free view; the two MLP matrix multiplies run
-through ``layers.linear_params`` (oneDNN, GELU fused). Same numbers as the plain path to float rounding.
+through ``layers.linear`` (oneDNN, GELU fused; swapped-in modules such as quantised linears are called as they
+are). Same numbers as the plain path to float rounding.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import _onednn_ok, linear_params
+from .layers import _onednn_ok, linear
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, out or width, bias=bias2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = linear_params(x, self.fc1.weight, self.fc1.bias, self.act)  # GELU fused on the oneDNN path
-        return linear_params(x, self.fc2.weight, self.fc2.bias)
+        return linear(linear(x, self.fc1, self.act), self.fc2)  # GELU fused into fc1 on the oneDNN path
 
 
 class ConvNeXtBlock(nn.Module):
@@ -173,9 +173,7 @@ class ProjectionHead(nn.Module):
             self.mlp = Mlp(dim, 2 * out, out, bias2=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "proj"):
-            return linear_params(x, self.proj.weight, self.proj.bias)
-        return self.mlp(x)
+        return linear(x, self.proj) if hasattr(self, "proj") else self.mlp(x)
 
 
 class ConvNeXtTower(nn.Module):
