@@ -84,6 +84,15 @@ def geometry_from_state_dict(sd: dict[str, torch.Tensor], prefix: str = "visual.
     return ConvNeXtGeometry(depths, dims, kernel, fc1.shape[0] / fc1.shape[1])
 
 
+def timm_name_of(geometry: ConvNeXtGeometry) -> str | None:
+    """The timm trunk name whose depths, dims, kernel and MLP ratio are ``geometry``'s (eps aside), or None."""
+    for name, known in TIMM_CONVNEXT.items():
+        if (known.depths, known.dims, known.kernel_size, known.mlp_ratio) == (
+                geometry.depths, geometry.dims, geometry.kernel_size, geometry.mlp_ratio):
+            return name
+    return None
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an ``[N, C, H, W]`` map (timm's ``LayerNorm2d``)."""
 
