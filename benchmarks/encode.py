@@ -2,6 +2,7 @@
 transformers, on the same weights, in one process, with the accuracy of every fast path.
 
 Run:  python benchmarks/encode.py [--model ViT-B-32] [--threads 2] [--repeats 5] [--long-text] [--zeroshot]
+      python benchmarks/encode.py --model convnext_base --skip hf,onnx,text   # a ConvNeXt image tower
       python benchmarks/encode.py --skip image,text --zeroshot     # only the zero-shot check
       /work/peers/bin/python benchmarks/encode.py ...   # an environment where ``import open_clip`` works
 
@@ -21,7 +22,9 @@ Peers (nothing is installed or downloaded):
   was needed. Without open_clip, an "open_clip-equivalent reference" written here (``nn.MultiheadAttention``
   blocks with ``batch_first=True``, a LayerNorm that casts back to the input dtype, causal float mask over all
   77 tokens for text, as open_clip 3.x does) stands in, labelled as such.
-* transformers ``CLIPModel`` (``attn_implementation="sdpa"``) loaded from ``kontrast.export(format="hf")``.
+* transformers ``CLIPModel`` (``attn_implementation="sdpa"``) loaded from ``kontrast.export(format="hf")`` (ViT
+  towers only: a ``CLIPModel`` cannot hold a ResNet or ConvNeXt tower, and the table says it was skipped).
+  For a ConvNeXt model (``--model convnext_base``) open_clip builds its ``TimmModel`` tower with timm.
 
 kontrast variants: fp32 (exact path), bf16 (``kontrast.load(..., precision="bf16")``: weights stored in
 bf16), int8 (``torch.ao.quantization.quantize_dynamic`` of the ``nn.Linear`` modules; the packed q/k/v
@@ -405,7 +408,9 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     load_before = os.getloadavg()
     weights = "random weights, seed 0" if getattr(model, "checkpoint_path", None) is None else model.checkpoint_path
     print(f"# encode benchmark: {args.model} ({weights}), image {model.image_size}px")
-    print(f"machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__} ({args.threads} threads), "
+    from kontrast.cpu import isa_label
+
+    print(f"machine: {cpu}, {os.cpu_count()} cores, {isa_label()}; torch {torch.__version__} ({args.threads} threads), "
           f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     if "image" not in args.skip:
         print_now(table(f"encode_image, batch {args.image_batch}, real images (median of {args.repeats} interleaved runs)",

@@ -145,10 +145,24 @@ BARE = [n for n in kontrast.list_models() if not getattr(kontrast.get_model_conf
 
 @pytest.mark.parametrize("name", BARE)
 def test_every_known_architecture_is_recognised_from_its_shapes(name):
-    """Shapes only (meta tensors, no weights): the heads come back from the table of known architectures."""
+    """Shapes only (meta tensors, no weights): the heads come back from the table of known architectures. A
+    ConvNeXt trunk's weights do not show the image size: where two architectures share the shapes at different
+    sizes (convnext_base_w and convnext_base_w_320), the state dict is refused, naming both."""
     cfg = kontrast.get_model_config(name)
-    got = convert.infer_config(_meta_state_dict(cfg))
+    sd = _meta_state_dict(cfg)
+    if getattr(cfg.vision, "kind", None) == "convnext":
+        from kontrast.architectures import match_shapes
+
+        twins = [m.name for m in match_shapes(cfg) if m.image_size != cfg.image_size]
+    else:
+        twins = []
+    if twins:
+        with pytest.raises(errors.ConfigError, match=f"image size.*{twins[0]}|{twins[0]}.*image size"):
+            convert.infer_config(sd)
+        return
+    got = convert.infer_config(sd)
     assert (got.vision.heads, got.text.heads) == (cfg.vision.heads, cfg.text.heads)
+    assert got.image_size == cfg.image_size
 
 
 def test_unknown_head_width_is_refused_naming_the_missing_fact(tmp_path):

@@ -188,6 +188,10 @@ def _read(name: str, pretrained: str | os.PathLike | None, quick_gelu: bool | No
             told = True  # OpenAI's released TorchScript archives all use QuickGELU
             provenance.assumed.append("activation: QuickGELU (an OpenAI TorchScript archive)")
         cfg = convert.infer_config(ckpt.state_dict, told, str(ckpt.path), provenance.assumed)
+    if cfg.vision.kind == "convnext":  # a trunk outside kontrast's table: its geometry from the weights
+        from .checkpoints.convnext_convert import complete_convnext
+
+        cfg = complete_convnext(cfg, ckpt.state_dict, str(ckpt.path), provenance.assumed)
     if entry.get("quick_gelu"):  # the registry knows these weights were trained with QuickGELU
         cfg = _with_act(cfg, "quick_gelu")
     if quick_gelu is not None:
@@ -247,6 +251,10 @@ def _with_image_size(record: ModelRecord, size: int) -> ModelRecord:
 
 def _resize_image_tower(record: ModelRecord, sd: dict[str, torch.Tensor], size: int):
     v = record.arch.vision
+    if v.kind == "convnext":  # convolutions and a global average pool: any multiple of 32, no table to resize
+        if size % 32:
+            raise KontrastError(f"image_size {size} must be a multiple of 32 for a ConvNeXt image tower")
+        return _with_image_size(record, size), sd
     if v.is_resnet:
         if size % 32:
             raise KontrastError(f"image_size {size} must be a multiple of 32 for a ResNet image tower")

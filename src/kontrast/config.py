@@ -11,7 +11,8 @@ silently builds another model (an open_clip SigLIP config used to load as a plai
   ``attn_pooler_*`` sizes without ``attentional_pool``, ``hf_model_pretrained``, timm options without a timm
   model) are kept verbatim in ``inert`` and written back, so a round trip keeps them. kontrast's training does
   not apply ``patch_dropout``;
-- keys that change the computation in a way kontrast does not implement (``timm_model_name``, ``ls_init_value``,
+- keys that change the computation in a way kontrast does not implement (``timm_model_name`` other than a
+  ConvNeXt trunk, ``ls_init_value``,
   ``attentional_pool``, ``embed_cls``, ``proj_bias``, ``multimodal_cfg``, ``qk_norm``, ...) are accepted only at
   their no-op value and refused otherwise; unknown keys are refused.
 
@@ -33,9 +34,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .convnext_spec import TIMM_CONVNEXT, ConvNeXtGeometry
 from .errors import ConfigError
 
-VISION_KINDS = ("vit", "resnet")
+VISION_KINDS = ("vit", "resnet", "convnext")
 TEXT_KINDS = ("clip", "hf")
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
 VISION_POOLS = ("tok", "avg")  # open_clip: class token, or the mean of the patch tokens
@@ -57,17 +59,35 @@ class VisionConfig:
     pool_type: str = "tok"  # "tok": the class token; "avg": mean of the patch tokens
     final_ln_after_pool: bool = False  # ln_post on the pooled vector instead of on every token (differs for "avg")
     no_ln_pre: bool = False  # no LayerNorm before the transformer
+    # ConvNeXt towers (kind "convnext"): open_clip's timm keys and the trunk's geometry (ln_eps, mlp_ratio too)
+    timm_model_name: str | None = None  # the timm trunk, e.g. "convnext_base"
+    timm_proj: str = "linear"  # head on the pooled trunk: "linear" (proj) or "mlp" (fc1 -> GELU -> fc2)
+    timm_proj_bias: bool = False  # a bias on proj / mlp.fc2
+    depths: tuple[int, ...] | None = None  # blocks per stage (None: read from the weights by the loader)
+    dims: tuple[int, ...] | None = None  # channels per stage
+    kernel_size: int = 7  # depthwise convolution
     inert: dict[str, Any] = field(default_factory=dict)  # understood keys without effect here, written back
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
             self.layers = tuple(self.layers)
+        for name in ("depths", "dims"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
         if self.kind in (None, "vit", "resnet"):  # these two follow the layout (also after dataclasses.replace)
             self.kind = "resnet" if self.patch_size is None or isinstance(self.layers, tuple) else "vit"
 
     @property
     def is_resnet(self) -> bool:
         return self.kind == "resnet"
+
+    @property
+    def convnext(self) -> ConvNeXtGeometry:
+        """The ConvNeXt trunk's geometry (kind "convnext")."""
+        if self.depths is None or self.dims is None:
+            raise ConfigError(f"ConvNeXt trunk {self.timm_model_name!r} is not in kontrast's table "
+                              f"({', '.join(TIMM_CONVNEXT)}): its depths and dims come from a checkpoint's weights")
+        return ConvNeXtGeometry(self.depths, self.dims, self.kernel_size, self.mlp_ratio, self.ln_eps)
 
     @property
     def heads(self) -> int:
@@ -121,9 +141,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """kontrast's layout: open_clip's ``{"embed_dim", "vision_cfg", "text_cfg", ...}`` with every field spelled out."""
-        vision = {k: v for k, v in dataclasses.asdict(self.vision).items() if k != "inert"}
-        if isinstance(vision["layers"], tuple):
-            vision["layers"] = list(vision["layers"])
+        skip = _TRANSFORMER_FIELDS if self.vision.kind == "convnext" else _CONVNEXT_FIELDS  # the other kinds' fields
+        vision = {k: v for k, v in dataclasses.asdict(self.vision).items() if k != "inert" and k not in skip}
+        for key in ("layers", "depths", "dims"):
+            if isinstance(vision.get(key), tuple):
+                vision[key] = list(vision[key])
         vision.update(self.vision.inert)
         text = {k: v for k, v in dataclasses.asdict(self.text).items() if k != "inert"}
         if text["eos_id"] is None:
@@ -161,13 +183,17 @@ class ModelConfig:
     def to_open_clip(self) -> dict[str, Any]:
         """open_clip's ``model_cfg`` (only keys open_clip 3.x reads); ``ConfigError`` for what it cannot express."""
         v, t = self.vision, self.text
-        acts = ([v.act] if not v.is_resnet else []) + ([t.act] if t.kind == "clip" else [])
+        acts = ([v.act] if v.kind == "vit" else []) + ([t.act] if t.kind == "clip" else [])
         quick = {a == "quick_gelu" for a in acts}
         if len(quick) > 1:
             raise ConfigError("open_clip configs use one activation for both towers (quick_gelu); this model mixes "
                               f"vision act={v.act!r} and text act={t.act!r}")
         vision: dict[str, Any] = {"image_size": v.image_size, "width": v.width}
-        if v.is_resnet:
+        if v.kind == "convnext":
+            from .config_convnext import convnext_open_clip
+
+            vision = convnext_open_clip(v)
+        elif v.is_resnet:
             vision |= {"layers": list(v.layers), "patch_size": None}
             if v.head_width != 64:
                 vision["head_width"] = v.head_width
@@ -215,7 +241,8 @@ class ModelConfig:
                                      ("vision.no_ln_pre", v.no_ln_pre, False),
                                      ("text.kind", t.kind, "hf" if t.hf_model else "clip"),
                                      ("text.pool_type", t.pool_type, "argmax"), ("text.eos_id", t.eos_id, None),
-                                     ("text.no_causal_mask", t.no_causal_mask, False)):
+                                     ("text.no_causal_mask", t.no_causal_mask, False),
+                                     *((f"vision.{k}", getattr(v, k), _CONVNEXT_DEFAULTS[k]) for k in _CONVNEXT_FIELDS)):
             if value != default:
                 out[name] = value
         return out
@@ -281,9 +308,13 @@ TOKENIZER_TEXT_KEYS = ("pad_id", "tokenizer_kwargs", "hf_tokenizer_name", "token
 
 def _read_vision(r: _Keys, quick: bool) -> VisionConfig:
     timm = r.get("timm_model_name")
+    if timm and str(timm).startswith("convnext"):
+        from .config_convnext import read_convnext
+
+        return read_convnext(r, str(timm))
     if timm:
-        raise r.refuse("timm_model_name", timm, "is not supported: kontrast does not implement timm image towers "
-                       "(loading it would give another model)")
+        raise r.refuse("timm_model_name", timm, "is not supported: kontrast implements ConvNeXt trunks only among "
+                       "timm image towers (loading it would give another model)")
     for key, allowed, what in _VISION_NOOPS:
         r.only(key, allowed, what)
     layers = r.get("layers", 12)
@@ -295,11 +326,7 @@ def _read_vision(r: _Keys, quick: bool) -> VisionConfig:
         patch = None
     if kind not in VISION_KINDS:
         raise r.refuse("kind", kind, f"is not a vision tower kontrast implements ({', '.join(VISION_KINDS)})")
-    size = r.get("image_size", 224)
-    if isinstance(size, (list, tuple)):
-        if len(size) != 2 or size[0] != size[1]:
-            raise r.refuse("image_size", size, "is not supported: kontrast implements square inputs only")
-        size = size[0]
+    size = _read_image_size(r)
     pool = r.get("pool_type", "tok")
     if pool not in VISION_POOLS:
         raise r.refuse("pool_type", pool, f"is not supported (kontrast implements {', '.join(VISION_POOLS)})")
@@ -319,6 +346,18 @@ def _read_vision(r: _Keys, quick: bool) -> VisionConfig:
     return out
 
 
+def _read_image_size(r: _Keys) -> int:
+    size = r.get("image_size", 224)
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise r.refuse("image_size", size, "is not supported: kontrast implements square inputs only")
+        size = size[0]
+    return int(size)
+
+
+_TRANSFORMER_FIELDS = ("layers", "width", "patch_size", "head_width", "pool_type", "final_ln_after_pool", "no_ln_pre")
+_CONVNEXT_FIELDS = ("timm_model_name", "timm_proj", "timm_proj_bias", "depths", "dims", "kernel_size")
+_CONVNEXT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(VisionConfig) if f.name in _CONVNEXT_FIELDS}
 def _read_text(r: _Keys, quick: bool) -> TextConfig:
     for key, allowed, what in _TEXT_NOOPS:
         r.only(key, allowed, what)

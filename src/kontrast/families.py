@@ -39,7 +39,7 @@ FAMILIES: dict[str, str] = {
 }
 
 # Families kontrast loads. Helpers that add a family add it here (and to README's family table).
-SUPPORTED: frozenset[str] = frozenset({"ViT", "ResNet", "SigLIP", "SigLIP 2"})
+SUPPORTED: frozenset[str] = frozenset({"ViT", "ResNet", "ConvNeXt", "SigLIP", "SigLIP 2"})
 
 # timm trunk name patterns of the families (first match wins).
 _TIMM_FAMILIES: tuple[tuple[str, str], ...] = (

@@ -378,7 +378,7 @@ def describe(record: ModelRecord) -> dict[str, Any]:
     old_vision = ("image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio", "act", "ln_eps")
     old_text = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "act", "ln_eps",
                 "hf_model", "hf_pooler", "hf_proj")
-    d["vision_cfg"] = {k: v[k] for k in old_vision} | {"mean": list(record.preprocess.mean),
+    d["vision_cfg"] = {k: v[k] for k in old_vision if k in v} | {"mean": list(record.preprocess.mean),
                                                        "std": list(record.preprocess.std)}
     d["text_cfg"] = {k: t[k] for k in old_text}
     extras = arch.fingerprint_extras()

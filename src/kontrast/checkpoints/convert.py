@@ -110,16 +110,21 @@ def custom_text_to_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {k.removeprefix("text."): v for k, v in sd.items()}
 
 
-def _shapes_config(sd: dict[str, torch.Tensor], act: str) -> ModelConfig:
-    """Every size the tensors show; heads follow OpenAI's width // 64 until the known architectures say otherwise."""
-    embed_dim = sd["text_projection"].shape[1]
+def text_shapes(sd: dict[str, torch.Tensor], act: str) -> TextConfig:
+    """The CLIP text tower's sizes from its tensors (heads: OpenAI's width // 64 until known architectures say)."""
     t_width = sd["ln_final.weight"].shape[0]
-    text = TextConfig(
+    return TextConfig(
         context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
         width=t_width, heads=max(1, t_width // 64),
         layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
         mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / t_width, act=act,
     )
+
+
+def _shapes_config(sd: dict[str, torch.Tensor], act: str) -> ModelConfig:
+    """Every size the tensors show; heads follow OpenAI's width // 64 until the known architectures say otherwise."""
+    embed_dim = sd["text_projection"].shape[1]
+    text = text_shapes(sd, act)
     if "visual.proj" in sd:  # ViT
         width = sd["visual.conv1.weight"].shape[0]
         patch = sd["visual.conv1.weight"].shape[-1]
@@ -147,6 +152,10 @@ def infer_config(sd: dict[str, torch.Tensor], quick_gelu: bool | None = None, so
     ``assumed`` (if given) receives one line per assumption made. Raises ``CheckpointError`` for tensors that
     are missing and ``ConfigError`` when the heads cannot be settled.
     """
+    if "visual.trunk.stem.0.weight" in sd:  # an open_clip ConvNeXt tower
+        from .convnext_convert import infer_convnext
+
+        return infer_convnext(sd, quick_gelu, source, assumed)
     act = "gelu" if quick_gelu is False else "quick_gelu"
     try:
         cfg = _shapes_config(sd, act)

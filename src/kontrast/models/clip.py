@@ -28,6 +28,10 @@ def build_visual(cfg: ModelConfig) -> nn.Module:
             v.image_size, int(v.patch_size), v.width, int(v.layers), v.heads, cfg.embed_dim, v.mlp_ratio, v.act,
             v.ln_eps, v.pool_type, v.final_ln_after_pool, v.no_ln_pre,
         )
+    if v.kind == "convnext":
+        from .convnext import ConvNeXtTower
+
+        return ConvNeXtTower(v.convnext, cfg.embed_dim, v.image_size, v.timm_proj, v.timm_proj_bias)
     raise ValueError(f"no image tower of kind {v.kind!r}")
 
 

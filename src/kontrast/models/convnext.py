@@ -13,7 +13,8 @@ natively (no timm, no torchvision) with the same module names, so open_clip stat
   ``2 * embed_dim``); biases only where open_clip has them (``fc1`` always, ``proj`` / ``fc2`` with ``timm_proj_bias``).
 
 LayerNorm epsilon is timm's 1e-6, except ``convnext_xxlarge`` (1e-5). The geometry of every ConvNeXt trunk that
-open_clip names is in ``TIMM_CONVNEXT``; ``geometry_from_state_dict`` reads it from weights for other names.
+open_clip names is in ``kontrast.convnext_spec.TIMM_CONVNEXT``; ``geometry_from_state_dict`` reads it from weights
+for other names.
 
 Inference fast path (CPU, no autograd): the feature maps stay channels-last, so the depthwise convolution runs on
 oneDNN's NHWC kernels and each block's permute to (N, H, W, C) is a free view; the two MLP matrix multiplies run
@@ -24,36 +25,15 @@ are). Same numbers as the plain path to float rounding.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..convnext_spec import HEAD_TYPES, TIMM_CONVNEXT, ConvNeXtGeometry, timm_name_of
 from .layers import _onednn_ok, linear
 
-
-@dataclass(frozen=True)
-class ConvNeXtGeometry:
-    """What a ConvNeXt trunk is: blocks per stage, channels per stage, depthwise kernel, MLP ratio, LayerNorm eps."""
-
-    depths: tuple[int, ...]
-    dims: tuple[int, ...]
-    kernel_size: int = 7
-    mlp_ratio: float = 4.0
-    eps: float = 1e-6
-
-
-# timm's ConvNeXt trunks that open_clip's configs name (timm 1.0 ``convnext.py``; eps from its ``norm_eps``).
-TIMM_CONVNEXT: dict[str, ConvNeXtGeometry] = {
-    "convnext_tiny": ConvNeXtGeometry((3, 3, 9, 3), (96, 192, 384, 768)),
-    "convnext_small": ConvNeXtGeometry((3, 3, 27, 3), (96, 192, 384, 768)),
-    "convnext_base": ConvNeXtGeometry((3, 3, 27, 3), (128, 256, 512, 1024)),
-    "convnext_large": ConvNeXtGeometry((3, 3, 27, 3), (192, 384, 768, 1536)),
-    "convnext_xlarge": ConvNeXtGeometry((3, 3, 27, 3), (256, 512, 1024, 2048)),
-    "convnext_xxlarge": ConvNeXtGeometry((3, 4, 30, 3), (384, 768, 1536, 3072), eps=1e-5),
-}
-HEAD_TYPES = ("linear", "mlp")
+__all__ = ["TIMM_CONVNEXT", "ConvNeXtGeometry", "ConvNeXtTower", "geometry_from_state_dict", "timm_name_of"]
 
 
 def geometry_from_state_dict(sd: dict[str, torch.Tensor], prefix: str = "visual.trunk.") -> ConvNeXtGeometry:
@@ -82,15 +62,6 @@ def geometry_from_state_dict(sd: dict[str, torch.Tensor], prefix: str = "visual.
     dims = tuple(int(sd[f"{prefix}stages.{i}.blocks.0.conv_dw.weight"].shape[0]) for i in range(len(blocks)))
     kernel = int(sd[f"{prefix}stages.0.blocks.0.conv_dw.weight"].shape[-1])
     return ConvNeXtGeometry(depths, dims, kernel, fc1.shape[0] / fc1.shape[1])
-
-
-def timm_name_of(geometry: ConvNeXtGeometry) -> str | None:
-    """The timm trunk name whose depths, dims, kernel and MLP ratio are ``geometry``'s (eps aside), or None."""
-    for name, known in TIMM_CONVNEXT.items():
-        if (known.depths, known.dims, known.kernel_size, known.mlp_ratio) == (
-                geometry.depths, geometry.dims, geometry.kernel_size, geometry.mlp_ratio):
-            return name
-    return None
 
 
 class LayerNorm2d(nn.LayerNorm):
