@@ -6,8 +6,8 @@ For each architecture (default: every kontrast config that open_clip also has) i
 1. builds both models at full size on the meta device and compares parameter count, state-dict keys and
    shapes, and the image tower's attention heads and MLP hidden size (head widths 80/88/104/112 and the
    4.3637 / 4.9231 / 8.5715 MLP ratios are where a config goes wrong);
-2. builds open_clip's model at the real width and image size but ``--layers`` blocks per tower (default 2,
-   so ViT-bigG-14's 2.5B parameters never sit in memory twice), re-initialises every tensor from a seeded
+2. builds open_clip's model at the real width and image size but ``--layers`` blocks per transformer tower
+   (default 2, so ViT-bigG-14's 2.5B parameters never sit in memory twice; ConvNeXt trunks are built whole), re-initialises every tensor from a seeded
    generator, loads that state dict into kontrast and compares image features, text features and logits.
 
 It prints one line per architecture and exits 1 if any differs beyond the fixtures' tolerances

@@ -308,10 +308,10 @@ TOKENIZER_TEXT_KEYS = ("pad_id", "tokenizer_kwargs", "hf_tokenizer_name", "token
 
 def _read_vision(r: _Keys, quick: bool) -> VisionConfig:
     timm = r.get("timm_model_name")
-    if timm and str(timm).startswith("convnext"):
+    if (timm and str(timm).startswith("convnext")) or r.d.get("kind") == "convnext":
         from .config_convnext import read_convnext
 
-        return read_convnext(r, str(timm))
+        return read_convnext(r, None if timm is None else str(timm))
     if timm:
         raise r.refuse("timm_model_name", timm, "is not supported: kontrast implements ConvNeXt trunks only among "
                        "timm image towers (loading it would give another model)")

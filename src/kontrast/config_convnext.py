@@ -18,7 +18,7 @@ from .errors import ConfigError
 _CONVNEXT_INERT = ("timm_model_pretrained", "timm_drop", "timm_drop_path", "patch_dropout", "output_tokens")
 
 
-def read_convnext(r: _Keys, name: str) -> VisionConfig:
+def read_convnext(r: _Keys, name: str | None) -> VisionConfig:
     """A ConvNeXt tower: open_clip's ``TimmModel`` keys (+ kontrast's geometry keys); the geometry of a trunk
     in ``TIMM_CONVNEXT`` comes from the table, of another from the config or (left empty) the weights."""
     if r.get("kind", "convnext") != "convnext":
@@ -44,6 +44,8 @@ def read_convnext(r: _Keys, name: str) -> VisionConfig:
                 raise r.refuse("ln_eps" if key == "eps" else key, value, f"conflicts with timm's {name} "
                                f"({getattr(known, key)})")
         geometry = dataclasses.asdict(known)
+    elif name is None and (geometry["depths"] is None or geometry["dims"] is None):
+        raise r.refuse("kind", "convnext", "needs a timm_model_name or the trunk's depths and dims")
     r.get("mean")  # legacy kontrast files: the normalisation, read into the record's preprocessing config
     r.get("std")
     out = VisionConfig(
