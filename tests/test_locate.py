@@ -39,6 +39,11 @@ def tiny_resnet(image_size: int = 64) -> CLIP:
     return _tiny(VisionConfig(image_size=image_size, layers=(1, 1, 1, 1), width=8, patch_size=None))
 
 
+def convnext_model():
+    model, _, _ = kontrast.load(FAMILIES / "convnext_open_clip")
+    return model
+
+
 def siglip_model():
     model, _, tokenizer = kontrast.load(FAMILIES / "siglip_open_clip")
     return model, tokenizer
@@ -49,12 +54,16 @@ def _ids(model, n: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["maskclip", "tokens", "crops"])
-@pytest.mark.parametrize("tower", ["vit", "resnet", "siglip"])
+@pytest.mark.parametrize("tower", ["vit", "resnet", "siglip", "convnext"])
 def test_map_shapes_for_every_tower(tower, method):
     if tower == "siglip":
         model, tokenizer = siglip_model()
         ids, side = tokenizer(["a cat", "a dog", "a bird"]), model.image_size
         grid = side // model.visual.patch_size
+    elif tower == "convnext":
+        model = convnext_model()
+        ids, side = _ids(model, 3), model.image_size
+        grid = side // 32
     else:
         model = tiny_vit() if tower == "vit" else tiny_resnet()
         ids, side = _ids(model, 3), model.image_size
@@ -104,6 +113,17 @@ def test_resnet_maskclip_is_the_attention_pool_on_one_cell():
         pixels = torch.randn(2, 3, 32, 32)
         pooled = model.encode_image(pixels)
         dense = dense_features(model.visual, pixels, "maskclip")  # [2, 1, 1, E]
+    torch.testing.assert_close(dense[:, 0, 0], pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_convnext_dense_is_the_head_per_cell():
+    """A ConvNeXt pools by a mean: on a flat feature map (one cell) the head on that cell is the image embedding."""
+    model = convnext_model()
+    pixels = torch.randn(2, 3, 32, 32)  # 32 px: one cell after the stride-32 trunk
+    with torch.no_grad():
+        pooled = model.encode_image(pixels)
+        dense = dense_features(model.visual, pixels)
+    assert dense.shape == (2, 1, 1, pooled.shape[1])
     torch.testing.assert_close(dense[:, 0, 0], pooled, atol=1e-5, rtol=1e-5)
 
 

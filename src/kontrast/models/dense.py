@@ -8,7 +8,8 @@ same space as the text. Three ways, chosen by ``method``:
   ``out_proj(v(ln_1(x)))`` per token (no residual, no MLP), then ``ln_post`` and ``proj``; for a modified
   ResNet, ``c_proj(v_proj(token + position))`` from the attention pool; for SigLIP's attention-pool head,
   ``y = out_proj(v(token)); y + mlp(ln(y))``. Each is exactly the pooled embedding with attention weight 1
-  on one token, which is what the pooling computes a weighted mean of.
+  on one token, which is what the pooling computes a weighted mean of. A ConvNeXt tower pools by a plain mean,
+  so both dense methods give its head (LayerNorm, projection) applied at each cell of the last feature map.
 - ``"tokens"``: what a naive reading gives: a CLIP ViT's last-block patch tokens through ``ln_post`` and
   ``proj``; for attention-pool towers (ResNet, SigLIP), the pool run once per token with that token as the
   query. Known to localise poorly (the last block mixes global context into every token).
@@ -27,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .convnext import ConvNeXtTower
 from .layers import linear, linear_params
 from .resnet import ModifiedResNet
 from .siglip import MAPHead, SigLIPVisionTransformer
@@ -45,13 +47,15 @@ def dense_features(visual: torch.nn.Module, pixels: torch.Tensor, method: str = 
         return _resnet_dense(visual, pixels, method)
     if isinstance(visual, SigLIPVisionTransformer):
         return _siglip_dense(visual, pixels, method)
+    if isinstance(visual, ConvNeXtTower):
+        return _convnext_dense(visual, pixels)
     raise ValueError(f"localisation is not implemented for a {type(visual).__name__} image tower "
-                     "(ViT, modified ResNet and SigLIP towers are)")
+                     "(ViT, modified ResNet, SigLIP and ConvNeXt towers are)")
 
 
 def grid_shape(visual: torch.nn.Module, height: int, width: int) -> tuple[int, int]:
     """The patch grid ``(gh, gw)`` an input of ``height x width`` pixels gives."""
-    if isinstance(visual, ModifiedResNet):
+    if isinstance(visual, (ModifiedResNet, ConvNeXtTower)):
         return height // 32, width // 32
     patch = int(visual.patch_size)
     return height // patch, width // patch
@@ -139,6 +143,15 @@ def _siglip_dense(visual: SigLIPVisionTransformer, pixels: torch.Tensor, method:
     tokens, gh, gw = _siglip_tokens(visual, pixels)
     path = _map_value_path if method == "maskclip" else _map_per_token_query
     return path(visual.attn_pool, tokens).reshape(tokens.shape[0], gh, gw, -1)  # [N, g*g, D] -> [N, gh, gw, D]
+
+
+# ---- ConvNeXt ---------------------------------------------------------------------------------------------
+def _convnext_dense(visual: ConvNeXtTower, pixels: torch.Tensor) -> torch.Tensor:
+    """The tower's pooled LayerNorm and head at every cell of the last feature map: ``[N, gh, gw, E]``."""
+    fmap = visual.feature_maps(pixels)[-1]  # [N, C, gh, gw]
+    norm = visual.trunk.head.norm
+    cells = F.layer_norm(fmap.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return visual.head(cells.contiguous())  # [N, gh, gw, C] -> [N, gh, gw, E]
 
 
 # ---- sliding-window crops (baseline) -------------------------------------------------------------------
