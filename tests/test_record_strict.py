@@ -101,6 +101,15 @@ def test_unknown_preprocess_and_hf_keys_are_refused(fixtures_dir, tmp_path):
         kontrast.load(hf)
 
 
+def test_hf_folder_with_another_tokenizer_is_refused(fixtures_dir, tmp_path):
+    hf = shutil.copytree(fixtures_dir / "hf_vit", tmp_path / "hf")
+    (hf / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "XLMRobertaTokenizer"}))
+    with pytest.raises(ConfigError, match="tokenizer_class='XLMRobertaTokenizer'"):
+        kontrast.load(hf)
+    (hf / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer"}))
+    kontrast.load(hf)
+
+
 def test_hf_generic_keys_of_old_configs_are_understood(fixtures_dir, tmp_path):
     """transformers 4.x wrote every PretrainedConfig attribute (and text_config_dict) into CLIP configs."""
     hf = shutil.copytree(fixtures_dir / "hf_vit", tmp_path / "hf")
