@@ -226,3 +226,4 @@ def test_exports_refuse_what_their_format_cannot_say(fixtures_dir, tmp_path):
     mixed.config = replace(mixed.config, text=replace(mixed.config.text, act="quick_gelu"))
     with pytest.raises(ConfigError, match="one activation"):
         kontrast.export(mixed, tmp_path / "oc", format="open_clip")
+

@@ -296,7 +296,6 @@ class Preprocess:
         if min(self.target_hw) < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.resize_mode = resize_mode
-        self.interpolation = interpolation
         self.resize_hw = self.target_hw if resize_size is None else _target_hw(resize_size)
         self.crop = resize_mode != "squash" if crop is None else bool(crop)
         if not self.crop and resize_mode != "squash":

@@ -191,23 +191,20 @@ def _read_hf(p: Path) -> Checkpoint:
     preprocess = None
     if proc_path.is_file():
         preprocess = hf_preprocess_to_config(read_json_object(proc_path), config.vision.image_size, str(proc_path))
-    _check_hf_clip_tokenizer(folder, config, cfg_path)
+    _check_hf_clip_tokenizer(folder)
     sd = convert.hf_to_openai(_load_tensors(weights))
     return Checkpoint(sd, config, "hf", p, preprocess)
 
 
-def _check_hf_clip_tokenizer(folder: Path, config: ModelConfig, cfg_path: Path) -> None:
+def _check_hf_clip_tokenizer(folder: Path) -> None:
     """A ``CLIPModel`` folder is read with kontrast's CLIP BPE tokenizer (open_clip's ids): refuse folders whose
-    tokenizer files or vocabulary say it is another tokenizer."""
+    tokenizer files name another tokenizer."""
     tok_path = folder / "tokenizer_config.json"
     if tok_path.is_file():
         cls = read_json_object(tok_path).get("tokenizer_class")
         if cls not in (None, "CLIPTokenizer", "CLIPTokenizerFast"):
             raise ConfigError(f"{tok_path}: tokenizer_class={cls!r} is not supported for a CLIPModel folder "
                               "(kontrast reads it with the CLIP BPE tokenizer)")
-    if config.text.vocab_size != 49408:
-        raise ConfigError(f"{cfg_path}: text_config.vocab_size={config.text.vocab_size} is not the CLIP BPE "
-                          "vocabulary (49408), the tokenizer kontrast reads CLIPModel folders with")
 
 
 def _read_jit(p: Path) -> Checkpoint:
