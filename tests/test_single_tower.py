@@ -124,6 +124,16 @@ def test_export_loads_in_transformers(tower, inputs, tmp_path):
     torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
 
 
+def test_precision_keeps_the_fingerprint(inputs):
+    fp32 = kontrast.load(TOWERS["text"])[0]
+    bf16 = kontrast.load(TOWERS["text"], precision="bf16")[0]
+    assert bf16.dtype == torch.bfloat16 and kontrast.fingerprint(bf16) == kontrast.fingerprint(fp32)
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(bf16.encode_text(inputs["tokens"]).float(),
+                                                    fp32.encode_text(inputs["tokens"]))
+    assert cos.min() > 0.99
+
+
 def test_other_formats_refused(tmp_path):
     model, _, _ = kontrast.load(TOWERS["vision"])
     with pytest.raises(ConfigError, match="format 'hf' only"):

@@ -302,11 +302,12 @@ def cast_model(model: CLIP, precision: str, device: str | torch.device = "cpu") 
     keeps naming the weights as stored before the cast."""
     stored = fingerprint(model) if precision != "fp32" else None
     model.to(device=device, dtype=PRECISIONS[precision])
-    if precision != "fp32" and getattr(model, "logit_scale", None) is not None:
-        # the temperature stays float32: bf16 would move exp(logit_scale) by up to ~1%
-        model.logit_scale.data = model.logit_scale.data.float()
-        if model.logit_bias is not None:
-            model.logit_bias.data = model.logit_bias.data.float()
+    if precision != "fp32":
+        if getattr(model, "logit_scale", None) is not None:  # one CLIP tower has no temperature
+            # the temperature stays float32: bf16 would move exp(logit_scale) by up to ~1%
+            model.logit_scale.data = model.logit_scale.data.float()
+            if model.logit_bias is not None:
+                model.logit_bias.data = model.logit_bias.data.float()
         keep_fingerprint(model, stored)
     model.precision = precision
     return model

@@ -23,7 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..record import ModelRecord
-from .layers import Attention, Transformer, linear, linear_params, make_activation, tracing
+from .layers import (
+    Attention,
+    Transformer,
+    check_feature_output,
+    hidden_state_index,
+    linear,
+    linear_params,
+    make_activation,
+    tracing,
+)
 
 
 def mlp_ratio_for(hidden: int, width: int) -> float:
@@ -210,20 +219,15 @@ class SigLIPTextTransformer(nn.Module):
     def forward_features(self, ids: torch.Tensor, output: str = "tokens", layer: int = -1) -> torch.Tensor | tuple:
         """Token features: ``"tokens"`` after block ``layer`` (0 = embeddings), ``"hidden_states"`` all of them,
         ``"last_hidden_state"`` the last block after ``ln_final`` (HF ``last_hidden_state``)."""
+        check_feature_output(output)
+        index = hidden_state_index(layer, len(self.transformer.resblocks), "text") if output == "tokens" else None
         hidden = [self.embed(ids)]
-        n_layers = len(self.transformer.resblocks)
-        index = layer if layer >= 0 else n_layers + 1 + layer
-        if output == "tokens" and not 0 <= index <= n_layers:
-            raise ValueError(f"layer {layer} out of range for a {n_layers}-layer text tower "
-                             f"(0..{n_layers} or -1..-{n_layers + 1})")
-        self.transformer(hidden[0], hidden_states=hidden, stop_at=index if output == "tokens" else None)
+        self.transformer(hidden[0], hidden_states=hidden, stop_at=index)
         if output == "tokens":
             return hidden[index]
         if output == "hidden_states":
             return tuple(hidden)
-        if output == "last_hidden_state":
-            return self.ln_final(hidden[-1])
-        raise ValueError(f"output must be 'embedding', 'tokens', 'hidden_states' or 'last_hidden_state', not {output!r}")
+        return self.ln_final(hidden[-1])
 
 
 def grid_from_positions(rows: int) -> int:
