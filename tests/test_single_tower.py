@@ -159,6 +159,14 @@ def test_unsupported_configs_refused_in_one_line(tmp_path, edit, needle):
     assert needle in str(info.value) and "config.json" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_text_tower_with_another_tokenizer_refused(tmp_path):
+    folder = tmp_path / "tower"
+    shutil.copytree(TOWERS["text"], folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    with pytest.raises(ConfigError, match="tokenizer_class='BertTokenizer'"):
+        kontrast.load(folder)
+
+
 def test_cli_info_shows_the_tower(capsys):
     assert main(["info", str(TOWERS["text"])]) == 0
     out = capsys.readouterr().out

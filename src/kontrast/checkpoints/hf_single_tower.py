@@ -20,7 +20,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models.single_tower import TOWER_CLASSES, TowerConfig, tower_record
 from ..record import PreprocessConfig, Provenance
 from . import convert
-from .formats import HF_WEIGHTS, _load_tensors, read_json_object, write_hf
+from .formats import HF_WEIGHTS, _check_hf_clip_tokenizer, _load_tensors, read_json_object, write_hf
 from .hf_config import (
     hf_config_to_model_config,
     hf_preprocess_to_config,
@@ -68,6 +68,8 @@ def read(path: str | os.PathLike):
     weights = Path(path) if Path(path).is_file() else next((folder / w for w in HF_WEIGHTS if (folder / w).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder}: no {' or '.join(HF_WEIGHTS)} in this folder")
+    if tower == "text":  # read with CLIP BPE, as CLIPModel folders: tokenizer files naming another are refused
+        _check_hf_clip_tokenizer(folder)
     sd = convert.hf_to_openai(_load_tensors(weights))
     preprocess = PreprocessConfig()
     proc_path = folder / "preprocessor_config.json"
