@@ -1,0 +1,138 @@
+"""The default model's training-data rules: the emoji concept split, name -> code point mapping, skin-tone cap,
+held-out names, and the shipped record of what the default model was trained on.
+
+These fail if a held-out concept (in any style), OpenMoji, or a clip-art ``val`` name could enter training.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "scripts"))
+
+import training_data_rules as rules
+
+MANIFEST = REPO / "src/kontrast/assets/default_model/training_data.json"
+
+# A hand-made emojibase excerpt: a train concept, a held-out concept (1F647-200D-2642 "man bowing" and
+# 1F3F8 "badminton" are "test" under the rule), a flag, a keycap and a skin-toned emoji.
+ENTRIES = [
+    {"label": "droplet", "hexcode": "1F4A7", "tags": ["drop", "sweat"], "group": 3},
+    {"label": "man bowing", "hexcode": "1F647-200D-2642-FE0F", "tags": ["apology", "bow"], "group": 1},
+    {"label": "flag: Japan", "hexcode": "1F1EF-1F1F5", "tags": ["flag"], "group": 9},
+    {"label": "keycap: #", "hexcode": "0023-FE0F-20E3", "tags": ["keycap"], "group": 8},
+    {"label": "waving hand", "hexcode": "1F44B", "tags": ["hello"], "group": 1,
+     "skins": [{"label": f"waving hand: {t} skin tone", "hexcode": f"1F44B-{h}"}
+               for t, h in zip(("light", "medium-light", "medium", "medium-dark", "dark"), rules.SKIN_TONES)]},
+    {"label": "light skin tone", "hexcode": "1F3FB", "group": 2},
+]
+
+
+def test_concept_strips_fe0f_and_skin_tones():
+    assert rules.concept_of("1f44b-1f3fd") == "1F44B"
+    assert rules.concept_of("2764-FE0F") == "2764"
+    assert rules.concept_of("0023-fe0f-20e3") == "0023-20E3"
+    assert rules.concept_of("1F468-1F3FB-200D-1F9B0") == "1F468-200D-1F9B0"
+
+
+def test_split_matches_the_shared_data_on_every_emoji():
+    """The rule reproduces ``concept`` and ``concept_split`` of every emoji json in ../shared/data."""
+    shards = sorted((SHARED / "emoji").glob("emoji-*.tar"))
+    assert shards, "../shared/data/emoji is missing"
+    seen = {"train": 0, "test": 0}
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if m.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(m).read())
+                    assert rules.concept_of(meta["codepoint"]) == meta["concept"], meta["codepoint"]
+                    assert rules.concept_split(meta["concept"]) == meta["concept_split"], meta["concept"]
+                    seen[meta["concept_split"]] += 1
+    assert seen["train"] > 1000 and seen["test"] > 300
+
+
+def test_names_map_to_code_points_and_ambiguous_names_to_nothing():
+    index = rules.EmojiIndex(ENTRIES, [{"1F4A7": ["droplet", "drop"], "1F44B": "wave"}], {"1F4A7": "DROPLET"})
+    assert index.hex_for_name("droplet") == "1F4A7"
+    assert index.hex_for_name("flag-for-japan") == "1F1EF-1F1F5"
+    assert rules.concept_of(index.hex_for_name("waving-hand-medium-dark-skin-tone")) == "1F44B"
+    assert rules.skin_tones(index.hex_for_name("waving-hand-dark")) == (5,)
+    assert index.hex_for_name("wavinghand") is None and index.hex_for_name("wavinghand", compact_ok=True) == "1F44B"
+    assert index.hex_for_name("light-skin-tone") is None  # components are not emoji
+    assert index.hex_for_name("no-such-emoji") is None
+    clash = rules.EmojiIndex(ENTRIES + [{"label": "droplet", "hexcode": "1F4A6", "group": 3}])
+    assert clash.hex_for_name("droplet") is None  # two concepts claim the name: left out
+    # a set's own chars map wins over names
+    assert rules.map_icon("drop-thing", {"drop-thing": "1f4a7"}, index) == "1F4A7"
+    assert rules.map_icon("drop-thing-light", {"drop-thing": "1f4a7"}, index) == "1F4A7-1F3FB"
+
+
+def test_held_out_names_cover_labels_and_shortcodes():
+    index = rules.EmojiIndex(ENTRIES, [{"1F647-200D-2642": ["man_bowing", "bowing_man"]}])
+    assert rules.concept_split("1F647-200D-2642") == "test" and rules.concept_split("1F4A7") == "train"
+    held = index.held_out_names()
+    assert {"man bowing", "bowing man"} <= held
+    assert "droplet" not in held
+
+
+def test_skin_tone_cap_keeps_one_tone_per_style_and_concept():
+    for style in ("noto", "twemoji", "fluent-emoji-3d"):
+        kept = [h for h in rules.SKIN_TONES if rules.keep_skin_variant(style, "1F44B", f"1F44B-{h}")]
+        assert len(kept) == 1
+    assert rules.keep_skin_variant("noto", "1F44B", "1F44B")  # the base emoji is always kept
+
+
+def test_flip_rules():
+    assert rules.may_flip("rooster", 3) and rules.may_flip("boot kick")
+    assert not rules.may_flip("flag of Japan", 9) and not rules.may_flip("keycap 1", 8)
+    assert not rules.may_flip("arrow reload horizontal") and not rules.may_flip("alarm clock")
+    assert not rules.may_flip("letter a") and not rules.may_flip("v")
+
+
+def test_captions():
+    caps = rules.emoji_captions("flag: Japan", ["flag", "JP"])
+    assert caps[0] == "an emoji of a flag of Japan" and "an emoji of flag: Japan" in caps
+    assert rules.icon_captions("apple")[0] == "an icon of an apple"
+    assert rules.clean_icon_name("arrow-reload-horizontal-1-flat") == "arrow reload horizontal"
+    assert rules.clean_icon_name("search-alt-2") == "search"
+
+
+def test_builder_drops_held_out_concepts_openmoji_names_and_clipart_val_names():
+    build = pytest.importorskip("build_training_data")
+    index = rules.EmojiIndex(ENTRIES)
+    b = build.Builder(index, index.held_out_names() | {"hairy creature"}, {"red lip"})
+    job = ("raster", b"", 64)
+    b.add_emoji("noto", "1F647-200D-2642-FE0F", job, "Apache-2.0", "test")  # held out: dropped
+    b.add_emoji("noto", "1F4A7", job, "Apache-2.0", "test")
+    b.add_emoji("noto", "1F9FF", job, "Apache-2.0", "test")  # not in the index: dropped
+    b.add_named("game-icons", "man bowing", ["x"], True, job, "CC-BY-3.0", "test", "icon")
+    b.add_named("game-icons", "hairy creatures", ["x"], True, job, "CC-BY-3.0", "test", "icon")
+    b.add_named("icon-park", "red lips", ["x"], True, job, "Apache-2.0", "test", "icon")
+    b.add_named("icon-park", "anvil", ["x"], True, job, "Apache-2.0", "test", "icon")
+    assert [m["name"] for m, _ in b.items] == ["droplet", "anvil"]
+    assert b.dropped["noto: held-out concept"] == 1 and b.dropped["noto: no emojibase entry"] == 1
+    assert b.dropped["game-icons: held-out emoji name"] == 2 and b.dropped["icon-park: clip-art val name"] == 1
+
+
+def test_shipped_record_has_no_held_out_concept_no_openmoji_no_clipart_val_name():
+    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    assert manifest["concepts"], "the record lists the emoji concepts trained on"
+    bad = [c for c in manifest["concepts"] if rules.concept_split(c) != "train"]
+    assert not bad, f"held-out concepts in the training record: {bad[:5]}"
+    assert not any("openmoji" in s.lower() for s in manifest["styles"])
+    assert not any("openmoji" in s.lower() for s in manifest["licenses"])
+    with tarfile.open(SHARED / "clipart/clipart-val-000000.tar") as tar:
+        val = {rules.norm_name(json.loads(tar.extractfile(m).read())["name"]) for m in tar if m.name.endswith(".json")}
+    assert not val & set(manifest["names"])
+    assert len(manifest["styles"]) >= 20
+    licences = MANIFEST.parent / "LICENSES"
+    for style, lic in manifest["licenses"].items():
+        assert lic and lic.get("spdx"), f"no licence recorded for {style}"
+    assert any(licences.iterdir())
