@@ -31,7 +31,8 @@ class TrainConfig:
     train_data: list[str] | str | None = None  # folder, .csv, or shard paths / globs / brace patterns
     val_data: list[str] | str | None = None
     caption_key: str | None = None  # take captions from this json/CSV field instead of the .txt
-    data_mode: str = "auto"  # "indexed" (in memory / by path), "stream" (webdataset), or "auto"
+    data_mode: str = "auto"  # "indexed" (in memory / by path), "stream" (webdataset), "cached" (decoded once), or "auto"
+    cache_size: int | None = None  # data_mode "cached": stored image side (default: image size * 9/8)
     workers: int = 0
     shuffle_buffer: int = 2000
     aug_scale: tuple[float, float] = (0.9, 1.0)
@@ -175,8 +176,8 @@ def validate(cfg: TrainConfig) -> None:
         raise KontrastError(f"loss {cfg.loss!r} is not one of: clip, siglip")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         raise KontrastError(f"precision {cfg.precision!r} is not one of: auto, bf16, fp32")
-    if cfg.data_mode not in ("auto", "indexed", "stream"):
-        raise KontrastError(f"data_mode {cfg.data_mode!r} is not one of: auto, indexed, stream")
+    if cfg.data_mode not in ("auto", "indexed", "stream", "cached"):
+        raise KontrastError(f"data_mode {cfg.data_mode!r} is not one of: auto, indexed, stream, cached")
     if cfg.batch_size < 2 or cfg.accum_steps < 1 or cfg.batch_size % cfg.accum_steps:
         raise KontrastError(f"batch_size {cfg.batch_size} must be >= 2 and divisible by accum_steps {cfg.accum_steps}")
     if cfg.lock_image and cfg.lock_text and cfg.lock_text_proj:

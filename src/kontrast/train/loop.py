@@ -121,6 +121,8 @@ def build_train_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_s
         mode = "indexed"
         if isinstance(source, TarSource) and sum(Path(s).stat().st_size for s in source.shards) > 4 << 30:
             mode = "stream"
+    if mode == "cached":
+        return _cached_data(model, cfg, info, start_step)
     decoder = _decoder(model, cfg)
     if mode == "indexed":
         records = stream.load_records(source, cfg.caption_key)
@@ -138,6 +140,23 @@ def build_train_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_s
                                  info.world_size, cfg.workers, cfg.shuffle_buffer, start_step, cfg.caption_key,
                                  stream_state)
     return iter(stream.webdataset_loader(ds, cfg.workers)), total, steps_per_epoch
+
+
+def _cached_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_step: int):
+    """``data_mode: cached``: images decoded once into a uint8 cache, augmented per batch (:mod:`.cached_data`)."""
+    from .cached_data import BatchAugment, CachedBatches, load_cached_pairs
+
+    size = model.image_size
+    pairs, skipped = load_cached_pairs(cfg.train_data, cfg.cache_size or -(-size * 9 // 8), cfg.caption_key)
+    if skipped:
+        log.warning("%d training samples skipped (undecodable image or no caption)", skipped)
+    v = model.config.vision
+    augment = BatchAugment(size, v.mean, v.std, cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale)
+    steps_per_epoch = max(1, len(pairs) // cfg.batch_size)
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    batches = CachedBatches(pairs, augment, cfg.batch_size, cfg.seed, start_step, info.rank, info.world_size,
+                            cfg.caption_head)
+    return batches, total, steps_per_epoch
 
 
 # ------------------------------------------------------------------------------------------------- step
@@ -194,6 +213,8 @@ class Trainer:
             self.stream_state = dict(ranks[self.info.rank]) if len(ranks) > self.info.rank else {}
         self.batches, self.total_steps, self.steps_per_epoch = build_train_data(self.model, cfg, self.info, self.step,
                                                                                 self.stream_state)
+        if self.text_cache is not None and hasattr(self.batches, "all_captions"):
+            self.text_cache.precompute(self.batches.all_captions(), self.device)
         self.schedule = CosineSchedule(self.optimizer, cfg.lr, cfg.warmup, self.total_steps, cfg.min_lr)
         if state is not None:
             self._resume_schedule(state)
