@@ -146,3 +146,32 @@ def test_bundled_sample_and_attribution_are_complete() -> None:
     for r in rows:
         assert r["license"].startswith(expected[r["style"]]), r["file"]
     assert {r["style"] for r in rows} == set(expected)
+
+
+def test_report_says_whether_concept_and_style_were_seen(standin: Path, tmp_path: Path) -> None:
+    """With a training record beside the weights, each image is marked seen/unseen (concept and style)."""
+    import shutil
+
+    model_dir = tmp_path / "with_record"
+    shutil.copytree(standin, model_dir)
+    samples = demo.load_sample()
+    emoji = next(s for s in samples if s.style == "google")
+    clip = next(s for s in samples if s.style == "clipart")
+    record = {"styles": {"google": 10, "openclipart": 5}, "concepts": [emoji.concept], "names": [clip.label.lower()]}
+    (model_dir / demo.TRAINING_RECORD).write_text(json.dumps(record), encoding="utf-8")
+    report, path = demo.run_demo(str(model_dir), tmp_path / "out")
+    marks = {c.file: (c.concept_seen, c.style_seen) for c in report.classifications}
+    assert marks[emoji.file] == (True, True) and marks[clip.file] == (True, True)
+    other = next(s for s in samples if s.style == "openmoji")
+    assert marks[other.file] == (other.concept == emoji.concept, False)
+    assert sum(b for _, b in report.accuracy_by_seen().values()) == len(samples)
+    assert "concept seen" in path.read_text(encoding="utf-8")
+    saved = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert saved["classifications"][0]["concept_seen"] is not None and saved["accuracy_by_seen"]
+    plain, _ = demo.run_demo(str(standin), tmp_path / "plain")  # no record: nothing claimed
+    assert all(c.concept_seen is None for c in plain.classifications) and not plain.accuracy_by_seen()
+
+
+def test_every_emoji_sample_names_its_concept() -> None:
+    for s in demo.load_sample():
+        assert bool(s.concept) == (s.style != "clipart"), s.file

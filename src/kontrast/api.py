@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_MODEL_NAME = "default"
+# Models shipped inside the package: name -> folder under kontrast/assets. "default-v1" is the first default
+# model (3 art styles, 6k pairs), kept for comparison with the current one.
+EMBEDDED_MODELS = {"default": "default_model", "default-v1": "default_model_v1"}
 
 __all__ = ["canonical_name", "cast_model", "create_model", "default_model_path", "export", "fingerprint",
            "get_model_config", "get_tokenizer", "list_models", "list_pretrained", "load", "load_weights", "save"]
@@ -141,8 +144,8 @@ def _read(name: str, pretrained: str | os.PathLike | None, quick_gelu: bool | No
     ``(folder, None)`` for a SigLIP / SigLIP 2 folder (see ``_load_siglip``)."""
     arch: ModelConfig | None = None
     entry: dict[str, Any] = {}
-    if name == DEFAULT_MODEL_NAME:
-        ckpt = formats.read(default_model_path())
+    if name in EMBEDDED_MODELS:
+        ckpt = formats.read(default_model_path(name))
     elif name.startswith("hf-hub:"):
         from .checkpoints import hub
 
@@ -223,9 +226,9 @@ def _load_siglip(path: Path, precision: str, device) -> tuple[Any, Callable, Cal
     return model.to(device=device, dtype=PRECISIONS[precision]), preprocess, tokenizer
 
 
-def default_model_path() -> Path:
-    """Folder of the embedded default model shipped inside the package."""
-    path = Path(str(resources.files("kontrast") / "assets" / "default_model"))
+def default_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """Folder of an embedded model shipped inside the package (``"default"`` or ``"default-v1"``)."""
+    path = Path(str(resources.files("kontrast") / "assets" / EMBEDDED_MODELS[name]))
     if not (path / formats.KONTRAST_CONFIG).is_file():
         raise KontrastError(f"the embedded default model is missing from this installation ({path}); pass --model")
     return path

@@ -63,6 +63,7 @@ class SampleImage:
     style: str
     license: str
     data: bytes = field(repr=False)
+    concept: str = ""  # emoji: the concept (base code points, as in the training data's concept split)
 
     def data_uri(self) -> str:
         return "data:image/png;base64," + base64.b64encode(self.data).decode("ascii")
@@ -77,6 +78,8 @@ class Classification:
     label: str
     top: list[tuple[str, float]]
     rank: int  # 1-based rank of the true label among all labels
+    concept_seen: bool | None = None  # was this concept (emoji code points / picture name) in the training data?
+    style_seen: bool | None = None  # was this art style in the training data? (None: the model has no record)
 
     @property
     def correct(self) -> bool:
@@ -124,12 +127,24 @@ class DemoReport:
             out[style.get(c.file, "?")] = (ok + c.correct, n + 1)
         return out
 
+    def accuracy_by_seen(self) -> dict[str, tuple[int, int]]:
+        """``"concept unseen, style seen" -> (correct, total)`` etc.; empty when the model has no training record."""
+        out: dict[str, tuple[int, int]] = {}
+        for c in self.classifications:
+            if c.concept_seen is None:
+                continue
+            key = f"concept {'seen' if c.concept_seen else 'unseen'}, style {'seen' if c.style_seen else 'unseen'}"
+            ok, n = out.get(key, (0, 0))
+            out[key] = (ok + c.correct, n + 1)
+        return dict(sorted(out.items()))
+
     def to_dict(self) -> dict:
         """JSON-ready summary (no image bytes)."""
         return {
             "model": self.model_name, "model_info": self.model_info, "labels": self.labels,
             "top1": self.top1, "top5": self.top5,
             "accuracy_by_style": {k: {"correct": a, "total": b} for k, (a, b) in self.accuracy_by_style().items()},
+            "accuracy_by_seen": {k: {"correct": a, "total": b} for k, (a, b) in self.accuracy_by_seen().items()},
             "classifications": [asdict(c) | {"correct": c.correct} for c in self.classifications],
             "searches": [{"query": s.query, "precision": s.precision,
                           "hits": [{"file": f, "score": sc, "relevant": r} for f, sc, r in s.hits]} for s in self.searches],
@@ -156,7 +171,7 @@ def load_sample(folder: str | os.PathLike | None = None) -> list[SampleImage]:
             if not path.is_file():
                 raise KontrastError(f"demo sample image {path} is missing; reinstall kontrast")
             samples.append(SampleImage(row["file"], row["label"], row["tags"], row["style"], row["license"],
-                                       path.read_bytes()))
+                                       path.read_bytes(), row.get("concept") or ""))
     return samples
 
 
@@ -250,6 +265,41 @@ def _model_info(model, name: str, vision: str, text: str) -> dict:
     }
 
 
+#: The demo's style names -> the style names of a training record (``training_data.json``).
+TRAINING_STYLE = {"google": "google", "twitter": "twitter", "openmoji": "openmoji", "clipart": "openclipart"}
+
+
+def training_record(model) -> dict | None:
+    """The record of what a model was trained on (``training_data.json`` beside its weights: styles, emoji
+    concepts, picture names), or None when the model carries none."""
+    path = getattr(model, "checkpoint_path", None)
+    if not path:
+        return None
+    record = Path(path) / TRAINING_RECORD if Path(path).is_dir() else Path(path).parent / TRAINING_RECORD
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text(encoding="utf-8"))
+
+
+TRAINING_RECORD = "training_data.json"
+
+
+def mark_seen(classifications: Sequence[Classification], samples: Sequence[SampleImage], record: dict | None) -> None:
+    """Set ``concept_seen`` / ``style_seen`` of each classification from a training record."""
+    if record is None:
+        return
+    import re
+
+    concepts, names, styles = set(record.get("concepts", ())), set(record.get("names", ())), set(record.get("styles", ()))
+    by_file = {s.file: s for s in samples}
+    for c in classifications:
+        s = by_file[c.file]
+        words = " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+                         for w in re.findall(r"[a-z0-9]+", s.label.lower()))
+        c.concept_seen = s.concept in concepts if s.concept else words in names
+        c.style_seen = TRAINING_STYLE.get(s.style, s.style) in styles
+
+
 def build_report(model, preprocess, tokenizer, model_name: str, samples: Sequence[SampleImage] | None = None,
                  distractors: Sequence[str] = DISTRACTORS, queries: Sequence[tuple[str, Sequence[str]]] = QUERIES,
                  progress: Progress | None = None) -> DemoReport:
@@ -266,6 +316,7 @@ def build_report(model, preprocess, tokenizer, model_name: str, samples: Sequenc
     note(f"classifying among {len(labels)} labels")
     txt = label_embeddings(model, tokenizer, labels)
     classifications = classify(model, img, txt, samples, labels)
+    mark_seen(classifications, samples, training_record(model))
     seconds["zero_shot"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     note(f"running {len(queries)} searches")
@@ -336,9 +387,13 @@ def _classification_card(c: Classification, sample: SampleImage) -> str:
         f'<span>{p:.0%}</span></div><div class="bar"><i style="width:{max(p, 0.01) * 100:.1f}%"></i></div></div>'
         for lab, p in c.top)
     verdict = "correct" if c.correct else f"true label ranked {c.rank}"
+    seen = ""
+    if c.concept_seen is not None:
+        seen = (f'<div class="style">concept {"seen" if c.concept_seen else "unseen"} &middot; style '
+                f'{"seen" if c.style_seen else "unseen"} in training</div>')
     return (f'<div class="card{" ok" if c.correct else ""}"><div class="thumb"><img src="{sample.data_uri()}" '
             f'alt="{_e(sample.label)}" title="{_e(sample.file)}"></div><div class="truth">{_e(c.label)}</div>'
-            f'<div class="style">{_e(sample.style)} &middot; {_e(verdict)}</div>{preds}</div>')
+            f'<div class="style">{_e(sample.style)} &middot; {_e(verdict)}</div>{seen}{preds}</div>')
 
 
 def _search_block(s: SearchResult, by_file: dict[str, SampleImage]) -> str:
@@ -355,6 +410,10 @@ def render_html(report: DemoReport) -> str:
     info = report.model_info
     by_file = {s.file: s for s in report.samples}
     styles = ", ".join(f"{k} {a}/{b}" for k, (a, b) in report.accuracy_by_style().items())
+    seen = "; ".join(f"{k}: {a}/{b} correct" for k, (a, b) in report.accuracy_by_seen().items())
+    seen_html = (f"<p>Against the model's training record: {_e(seen)}. A <i>seen</i> concept was in the training "
+                 f"data in some art style (never this image); an <i>unseen</i> one only reaches the model through "
+                 f"its name.</p>") if seen else "<p>This model carries no record of its training data.</p>"
     mean_p = sum(s.precision for s in report.searches) / max(1, len(report.searches))
     stats = [(f"{report.top1:.0%}", f"zero-shot top-1 ({len(report.classifications)} images)"),
              (f"{report.top5:.0%}", "top-5"), (str(len(report.labels)), "candidate labels"),
@@ -371,14 +430,16 @@ def render_html(report: DemoReport) -> str:
 <body><header><h1>kontrast demo</h1>
 <p>model <b>{_e(report.model_name)}</b> &middot; fingerprint <code>{_e(info.get("fingerprint"))}</code> &middot;
 {_e(info.get("architecture"))}, {info.get("parameters", 0) / 1e6:.1f} M parameters, {_e(info.get("image_size"))} px images</p>
-<p>Zero-shot classification and text search over {len(report.samples)} bundled images that the default model never saw
-in training: held-out emoji concepts, the unseen OpenMoji style, held-out clip art ({_e(styles)} correct).</p></header>
+<p>Zero-shot classification and text search over {len(report.samples)} bundled images that the default models never saw
+in training: emoji of held-out concepts, the OpenMoji style that no training set contains, held-out clip art
+({_e(styles)} correct).</p></header>
 <main><div class="stats">{stat_html}</div>
 <h2>Zero-shot classification: top {TOP_K_LABELS} labels</h2>
 <p style="font-size:13px">Each image is scored against {len(report.labels)} labels (its own sample's names plus
 {len(report.labels) - len({c.label for c in report.classifications})} distractors), prompts
 <code>{_e(templates)}</code> averaged; probabilities: {_e(info.get("probabilities"))}. Green top border: the true label
 came first.</p>
+<div style="font-size:13px">{seen_html}</div>
 <div class="grid">{cards}</div>
 <h2>Text search over the sample: top {TOP_K_SEARCH} by cosine similarity</h2><div class="queries">{blocks}</div>
 <h2>Model</h2><table>{rows}</table>

@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"zero-shot over {len(report.labels)} labels: top-1 {report.top1:.0%} "
           f"({sum(c.correct for c in report.classifications)}/{n}), top-5 {report.top5:.0%}")
     print("  by style: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in report.accuracy_by_style().items()))
+    if report.accuracy_by_seen():
+        print("  by training record: " + "; ".join(f"{k} {a}/{b}" for k, (a, b) in report.accuracy_by_seen().items()))
     shown = _examples(report.classifications, 6)
     width = max(len(c.label) for c in shown) if shown else 0
     for c in shown:
