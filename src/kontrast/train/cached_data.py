@@ -84,25 +84,37 @@ def _captions(rec, caption_key: str | None) -> list[str]:
 
 def load_cached_pairs(train_data, cache_size: int, caption_key: str | None = None,
                       folder: Path | None = None) -> tuple[CachedPairs, int]:
-    """The cache for ``train_data`` at ``cache_size`` px (built on first use); returns it and the number of
-    samples skipped (undecodable image or no caption)."""
-    from PIL import UnidentifiedImageError
-
+    """The cache for ``train_data`` at ``cache_size`` px; returns it and the number of samples skipped
+    (undecodable image or no caption). Each tar shard (or a folder / CSV source as a whole) is cached on its own,
+    keyed by path, size and modification time, so another mix of the same shards reuses their caches; a shard
+    listed twice is used twice (a way to weight a source)."""
     from ..data.sources import TarSource, open_source
-    from ..data.stream import load_records
 
     source = open_source(train_data)
-    files = source.shards if isinstance(source, TarSource) else [str(train_data)]
-    ident = json.dumps([[os.path.abspath(f), os.stat(f).st_size, int(os.stat(f).st_mtime)] for f in files]
-                       + [cache_size, caption_key or ""])
-    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    root = (folder or cache_dir()) / key
+    parts = [_cached_part([f], f, cache_size, caption_key, folder) for f in source.shards] \
+        if isinstance(source, TarSource) else [_cached_part(train_data, str(train_data), cache_size, caption_key, folder)]
+    images = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]  # [N, C, C, 3]
+    captions = [c for p in parts for c in p[1]]
+    flips = torch.cat([p[2] for p in parts])
+    return CachedPairs(images, captions, flips), sum(p[3] for p in parts)
+
+
+def _cached_part(spec, ident_path: str, cache_size: int, caption_key: str | None,
+                 folder: Path | None) -> tuple[torch.Tensor, list[list[str]], torch.Tensor, int]:
+    """``(images, captions, flip, skipped)`` of one shard or source, decoded on first use and kept on disk."""
+    from PIL import UnidentifiedImageError
+
+    from ..data.stream import load_records
+
+    st = os.stat(ident_path)
+    ident = json.dumps([os.path.abspath(ident_path), st.st_size, int(st.st_mtime), cache_size, caption_key or ""])
+    root = (folder or cache_dir()) / hashlib.sha256(ident.encode()).hexdigest()[:16]
     if (root / "meta.json").is_file():
         meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-        images = torch.from_numpy(np.load(root / "images.npy", mmap_mode=None))
-        return CachedPairs(images, meta["captions"], torch.tensor(meta["flip"], dtype=torch.bool)), meta["skipped"]
+        images = torch.from_numpy(np.load(root / "images.npy"))
+        return images, meta["captions"], torch.tensor(meta["flip"], dtype=torch.bool), meta["skipped"]
     arrays, captions, flips, skipped = [], [], [], 0
-    for rec in load_records(source, caption_key):
+    for rec in load_records(spec, caption_key):
         caps = _captions(rec, caption_key)
         if rec.data is None or not caps:
             skipped += 1
@@ -115,7 +127,7 @@ def load_cached_pairs(train_data, cache_size: int, caption_key: str | None = Non
             continue
         captions.append(caps)
         flips.append(bool((rec.meta or {}).get("flip", False)))
-    images = np.stack(arrays)  # [N, C, C, 3]
+    images = np.stack(arrays) if arrays else np.zeros((0, cache_size, cache_size, 3), np.uint8)  # [N, C, C, 3]
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / "images.npy.tmp"
     with open(tmp, "wb") as f:
@@ -124,7 +136,7 @@ def load_cached_pairs(train_data, cache_size: int, caption_key: str | None = Non
     tmp = root / "meta.json.tmp"
     tmp.write_text(json.dumps({"captions": captions, "flip": flips, "skipped": skipped}), encoding="utf-8")
     os.replace(tmp, root / "meta.json")
-    return CachedPairs(torch.from_numpy(images), captions, torch.tensor(flips, dtype=torch.bool)), skipped
+    return torch.from_numpy(images), captions, torch.tensor(flips, dtype=torch.bool), skipped
 
 
 @dataclass

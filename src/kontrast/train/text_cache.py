@@ -43,8 +43,9 @@ class TextFeatureCache:
         return torch.stack([self.store[c] for c in captions]).to(device)
 
     def precompute(self, captions: Sequence[str], device: torch.device, folder: Path | None = None) -> None:
-        """Fill the cache for every caption at once, reusing a copy on disk (keyed by the text tower and the
-        captions; stored in float16) so that a rerun or a resumed run does not encode them again."""
+        """Fill the cache for every caption at once. A Hugging Face tower's pooled outputs are also kept on disk,
+        one float16 store per tower that grows with every new caption, so that a rerun, a resumed run or another
+        mix of the same data encodes only the captions it has not met before."""
         import hashlib
 
         texts = sorted(set(captions) - set(self.store))
@@ -54,17 +55,22 @@ class TextFeatureCache:
             self.features(texts, device)
             return
         cfg = self.model.config.text
-        ident = json.dumps([cfg.hf_model, cfg.hf_pooler, texts])
+        ident = json.dumps([cfg.hf_model, cfg.hf_pooler])
         path = (folder or _cache_dir()) / f"{hashlib.sha256(ident.encode()).hexdigest()[:16]}.pt"
+        known: dict[str, torch.Tensor] = {}
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved["texts"] == texts:
-                self.store.update(zip(texts, saved["features"].float()))
-                return
-        self.features(texts, device)
+            known = dict(zip(saved["texts"], saved["features"]))
+        self.store.update((t, known[t].float()) for t in texts if t in known)
+        missing = [t for t in texts if t not in known]
+        if not missing:
+            return
+        self.features(missing, device)
+        known.update((t, self.store[t].half()) for t in missing)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"texts": texts, "features": torch.stack([self.store[t] for t in texts]).half()}, tmp)
+        names = sorted(known)
+        torch.save({"texts": names, "features": torch.stack([known[t] for t in names])}, tmp)
         os.replace(tmp, path)
 
     def encode(self, captions: Sequence[str], device: torch.device) -> torch.Tensor:
