@@ -4,7 +4,10 @@
 
 Zero-shot: classes are the ``name`` field of each emoji json in the split (one class per distinct name),
 prompt ``"an emoji of {name}"``; top-1/top-5 accuracy over the split's images (eval preprocessing).
+OpenMoji ``val_style`` (an art style never trained on) is also reported per ``concept_split``: ``seen`` images show
+concepts the training rules allow (``train``), ``unseen`` ones held-out concepts (``test``); both over all classes.
 Retrieval: text->image recall@1/5 on clip-art ``val`` (a hit if the retrieved image has the query's caption).
+Demo: ``kontrast demo``'s zero-shot top-1/top-5 over its labels (32 bundled held-out images).
 MODEL may also be a training checkpoint (``runs/.../checkpoints/step_*.pt``).
 """
 
@@ -27,8 +30,9 @@ def load_any(spec: str):
     if spec.endswith(".pt") and Path(spec).is_file():
         from kontrast.config import ModelConfig
         from kontrast.models import CLIP
+        from kontrast.train.checkpoint import load_checkpoint
 
-        state = torch.load(spec, map_location="cpu", weights_only=False)
+        state = load_checkpoint(spec)
         model = CLIP(ModelConfig.from_dict(state["model_config"]))
         model.load_state_dict(state["model"], strict=False)
         return _finish(model, "fp32", "cpu", None)
@@ -55,7 +59,10 @@ def text_features(model, tokenizer, texts: list[str], batch: int = 256) -> torch
     return torch.cat([model.encode_text(tokenizer(texts[i: i + batch]), normalize=True) for i in range(0, len(texts), batch)])
 
 
-def zero_shot(model, preprocess, tokenizer, pattern: str, template: str = "an emoji of {}") -> dict[str, float]:
+def zero_shot(model, preprocess, tokenizer, pattern: str, template: str = "an emoji of {}",
+              by_split: bool = False) -> dict[str, float]:
+    """Top-1/top-5 over all the split's class names; with ``by_split`` also per ``concept_split`` of the images
+    (``train``: a concept the training rules allow, ``test``: a held-out concept), still over all classes."""
     recs = records(pattern)
     names = [r.meta["name"] for r in recs]
     classes = sorted(set(names))
@@ -63,8 +70,22 @@ def zero_shot(model, preprocess, tokenizer, pattern: str, template: str = "an em
     img = image_features(model, preprocess, recs)
     top = (img @ txt.T).topk(5, dim=1).indices  # [N, 5]
     target = torch.tensor([classes.index(n) for n in names])
-    return {"top1": float((top[:, 0] == target).float().mean()), "top5": float((top == target[:, None]).any(1).float().mean()),
-            "n": len(recs), "classes": len(classes)}
+    hit1, hit5 = top[:, 0] == target, (top == target[:, None]).any(1)
+    out = {"top1": float(hit1.float().mean()), "top5": float(hit5.float().mean()), "n": len(recs), "classes": len(classes)}
+    if by_split:
+        for split, label in (("train", "seen"), ("test", "unseen")):
+            mask = torch.tensor([r.meta.get("concept_split") == split for r in recs])
+            out |= {f"{label}_top1": float(hit1[mask].float().mean()), f"{label}_top5": float(hit5[mask].float().mean()),
+                    f"{label}_n": int(mask.sum())}
+    return out
+
+
+def demo_top1(model, preprocess, tokenizer) -> dict[str, float]:
+    """``kontrast demo``'s zero-shot top-1/top-5 over its labels (the bundled 32 images)."""
+    from kontrast.demo import build_report
+
+    report = build_report(model, preprocess, tokenizer, "measured")
+    return {"top1": report.top1, "top5": report.top5, "n": len(report.classifications)}
 
 
 def retrieval(model, preprocess, tokenizer, pattern: str) -> dict[str, float]:
@@ -94,8 +115,9 @@ def main() -> int:
         splits += [("twitter/val_concepts", d / "emoji/emoji-twitter-val_concepts-000000.tar"),
                    ("openmoji/val_style", d / "emoji/emoji-openmoji-val_style-000000.tar")]
     for name, path in splits:
-        results[name] = zero_shot(model, preprocess, tokenizer, str(path))
+        results[name] = zero_shot(model, preprocess, tokenizer, str(path), by_split=name.startswith("openmoji"))
     results["clipart/val t2i"] = retrieval(model, preprocess, tokenizer, str(d / "clipart/clipart-val-000000.tar"))
+    results["demo"] = demo_top1(model, preprocess, tokenizer)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

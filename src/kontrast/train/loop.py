@@ -150,8 +150,8 @@ def _cached_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_step:
     pairs, skipped = load_cached_pairs(cfg.train_data, cfg.cache_size or -(-size * 9 // 8), cfg.caption_key)
     if skipped:
         log.warning("%d training samples skipped (undecodable image or no caption)", skipped)
-    v = model.config.vision
-    augment = BatchAugment(size, v.mean, v.std, cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale)
+    pre = model.record.preprocess  # the model's own normalisation
+    augment = BatchAugment(size, pre.mean, pre.std, cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale)
     steps_per_epoch = max(1, len(pairs) // cfg.batch_size)
     total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     batches = CachedBatches(pairs, augment, cfg.batch_size, cfg.seed, start_step, info.rank, info.world_size,
