@@ -1,5 +1,6 @@
 """Build the default model's training set: ~50,000 image-caption pairs in 20+ art styles, as webdataset shards.
 
+    pip install resvg-py==0.5.0      # the SVG renderer (only this script needs it)
     python scripts/build_training_data.py [--cache ~/.cache/kontrast-data] [--size 96] [--workers 2]
 
 Deterministic: pinned package versions, sorted inputs, fixed shuffle seed, fixed tar metadata. Sources
