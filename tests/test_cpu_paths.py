@@ -11,12 +11,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 import kontrast
 from kontrast import cpu
 
+FAMILIES = Path(__file__).parent / "fixtures" / "families"
 NARROW = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 # Runs under the narrow switches: load each fixture model in fp32 and bf16, encode fixed inputs, and
@@ -34,9 +36,10 @@ logging.getLogger("kontrast").setLevel(logging.INFO)
 torch.manual_seed(0)
 out = {"native_bf16": cpu.native_bf16(), "onednn_bf16": cpu.onednn_runs(torch.bfloat16),
        "onednn_fp32": cpu.onednn_runs(torch.float32), "label": cpu.isa_label(), "features": {}}
-for name in sys.argv[2:]:
+for path in sys.argv[1:]:
+    name = path.rsplit("/", 1)[-1]
     for precision in ("fp32", "bf16"):
-        model, _, tok = kontrast.load(f"{sys.argv[1]}/{name}", precision=precision)
+        model, _, tok = kontrast.load(path, precision=precision)
         pixels = torch.randn(3, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             img = model.encode_image(pixels).float()
@@ -47,9 +50,9 @@ print(json.dumps(out))
 """
 
 
-def run_narrow(fixtures_dir, *names: str) -> dict:
+def run_narrow(*paths) -> dict:
     env = {**os.environ, **NARROW}
-    proc = subprocess.run([sys.executable, "-c", NARROW_SCRIPT, str(fixtures_dir), *names], check=False, env=env,
+    proc = subprocess.run([sys.executable, "-c", NARROW_SCRIPT, *map(str, paths)], check=False, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -60,11 +63,12 @@ def cosine(a, b) -> float:
 
 
 def test_bf16_runs_where_onednn_has_no_bf16_kernels(fixtures_dir):
-    """The reported crash: oneDNN limited to AVX2 refuses bf16 inner products; bf16 must still run, close to fp32."""
-    out = run_narrow(fixtures_dir, "openai_vit.pt", "openai_rn.pt")
+    """The reported crash: oneDNN limited to AVX2 refuses bf16 inner products; bf16 must still run, close to fp32,
+    in every tower family (ViT, ResNet, SigLIP)."""
+    out = run_narrow(fixtures_dir / "openai_vit.pt", fixtures_dir / "openai_rn.pt", FAMILIES / "siglip_open_clip")
     assert out["onednn_fp32"] and not out["onednn_bf16"] and not out["native_bf16"]
     assert out["label"].startswith("AVX2"), out["label"]
-    for name in ("openai_vit.pt", "openai_rn.pt"):
+    for name in ("openai_vit.pt", "openai_rn.pt", "siglip_open_clip"):
         (img32, txt32), (img16, txt16) = out["features"][f"{name}/fp32"], out["features"][f"{name}/bf16"]
         assert cosine(img16, img32) > 0.99 and cosine(txt16, txt32) > 0.99, name
     warnings = [msg for level, msg in out["log"] if level == "WARNING" and "inference path" in msg]
@@ -75,7 +79,7 @@ def test_bf16_runs_where_onednn_has_no_bf16_kernels(fixtures_dir):
 
 def test_fp32_under_narrow_isa_matches_this_process(fixtures_dir):
     """fp32 stays exact (same numbers to float rounding) whichever instruction set the kernels use."""
-    out = run_narrow(fixtures_dir, "openai_vit.pt")
+    out = run_narrow(fixtures_dir / "openai_vit.pt")
     model, _, tok = kontrast.load(fixtures_dir / "openai_vit.pt")
     pixels = torch.randn(3, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
