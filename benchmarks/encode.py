@@ -30,6 +30,18 @@ kontrast variants: fp32 (exact path), bf16 (``kontrast.load(..., precision="bf16
 bf16), int8 (``torch.ao.quantization.quantize_dynamic`` of the ``nn.Linear`` modules; the packed q/k/v
 projection stays fp32), onnx fp32 and onnx int8 (``kontrast.load(..., backend="onnx")``).
 
+Physical limit: the fp32 GEMM peak is measured in the same process (a 4096 x 4096 x 4096 product, with
+``torch.mm`` (MKL) and with oneDNN's inner product, best of 3 each, at the start and at the end; the larger is
+the peak). Each row's GFLOP/s is the textbook forward's floating-point work (counted with
+``torch.utils.flop_counter`` on the baseline peer: every token through every block) divided by its time, and
+``x peak`` its fraction of the GEMM peak. kontrast skips work the textbook forward does (the last block for
+the pooled row only; tokens after the last end-of-text), so its effective GFLOP/s can pass what its GEMMs run.
+
+``--isa avx2`` reruns the whole benchmark in a child process with every kernel library limited to AVX2
+(``ONEDNN_MAX_CPU_ISA=AVX2``, ``ATEN_CPU_CAPABILITY=avx2``, ``MKL_ENABLE_INSTRUCTIONS=AVX2``): on an AVX-512
+machine, the closest to an AVX2-only CPU (onnxruntime has no such switch and still uses what the CPU has).
+The CPU line above the tables names the CPU, its instruction sets and any such switch.
+
 ``--zeroshot``: top-1 accuracy on the emoji ``val_concepts`` splits (Google + Twitter styles, each image
 its own concept among 395, prompt "an emoji of {name}.") for fp32 and every fast path, with the embedded
 default model if it is installed (else ``--zeroshot-model``).
@@ -43,6 +55,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -58,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kontrast
+import kontrast.cpu
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -298,26 +312,66 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def gemm_peak(size: int = 4096, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of a large fp32 matrix product: ``torch.mm`` (MKL) and oneDNN's inner product, best of ``repeats``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    runs = {"torch.mm": lambda: torch.mm(a, b)}
+    if kontrast.cpu.onednn_runs(torch.float32):
+        runs["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    out = {}
+    with torch.inference_mode():
+        for name, fn in runs.items():
+            fn()
+            best = min(timed(fn) for _ in range(repeats))
+            out[name] = 2 * size**3 / best / 1e9
+    return out
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def textbook_flops(fn: Callable[[torch.Tensor], Any], inputs: torch.Tensor) -> int:
+    """Floating-point operations of one call (matrix products, attention, convolutions), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        fn(inputs)
+    return counter.get_total_flops()
+
+
 def accuracy(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     out, ref = out.float(), ref.float()
     return float((out - ref).abs().max()), float(F.cosine_similarity(out, ref, dim=-1).min())
 
 
 def table(title: str, unit: str, batch: int, variants: list[Variant], attr: str, inputs: torch.Tensor,
-          repeats: int, baseline: str) -> list[str]:
+          repeats: int, baseline: str, peak: float) -> list[str]:
     runs = {v.name: getattr(v, attr) for v in variants if getattr(v, attr) is not None}
+    flops = textbook_flops(runs[baseline] if baseline in runs else runs["kontrast fp32"], inputs)
     with torch.inference_mode():
         outputs = {name: fn(inputs) for name, fn in runs.items()}
         seconds = interleaved({name: (lambda fn=fn: fn(inputs)) for name, fn in runs.items()}, repeats)
     ref = outputs["kontrast fp32"]
     base = batch / seconds[baseline] if baseline in seconds else None
-    lines = [f"\n{title}", "", f"| variant | {unit}/s | x {baseline} | max abs diff vs kontrast fp32 | min cosine |",
-             "|---|---:|---:|---:|---:|"]
+    header = f"| variant | {unit}/s | x {baseline} | GFLOP/s | x GEMM peak | max abs diff vs kontrast fp32 | min cosine |"
+    lines = [f"\n{title}", "", header, "|---|---:|---:|---:|---:|---:|---:|"]
+    best: tuple[float, str] | None = None
     for name in runs:
         rate = batch / seconds[name]
         diff, cos = accuracy(outputs[name], ref)
         ratio = f"{rate / base:.2f}" if base else "-"
-        lines.append(f"| {name} | {rate:.1f} | {ratio} | {diff:.1e} | {cos:.5f} |")
+        gflops = flops / seconds[name] / 1e9
+        lines.append(f"| {name} | {rate:.1f} | {ratio} | {gflops:.0f} | {gflops / peak:.2f} | {diff:.1e} | {cos:.5f} |")
+        if name.startswith("kontrast") and cos >= 0.999 and (best is None or rate > best[0]):
+            best = (rate, name)
+    if best is not None:
+        ratio = f", {best[0] / base:.2f}x {baseline}" if base else ""
+        lines.append(f"\nfastest kontrast path within cosine 0.999 of fp32: {best[1]} ({best[0]:.1f} {unit}/s{ratio})")
+    lines.append(f"textbook forward: {flops / batch / 1e9:.2f} GFLOP per {unit[:-1]}")
     return lines
 
 
@@ -376,7 +430,13 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list: hf, peer-bf16, bf16, int8, onnx, image, text")
     parser.add_argument("--zeroshot", action="store_true", help="zero-shot top-1 of fp32 vs the fast paths")
     parser.add_argument("--zeroshot-model", default=None, help="model for --zeroshot (default: the embedded one)")
+    parser.add_argument("--isa", choices=["avx2"], default=None,
+                        help="rerun with every kernel library limited to AVX2 (see the module docstring)")
     args = parser.parse_args()
+    if args.isa:  # the switches are read when the libraries load: set them for a fresh interpreter
+        argv = [a for a in sys.argv[1:] if a not in ("--isa", args.isa) and not a.startswith("--isa=")]
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+        sys.exit(subprocess.run([sys.executable, __file__, *argv], env=env, check=False).returncode)
     args.skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -408,22 +468,29 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     load_before = os.getloadavg()
     weights = "random weights, seed 0" if getattr(model, "checkpoint_path", None) is None else model.checkpoint_path
     print(f"# encode benchmark: {args.model} ({weights}), image {model.image_size}px")
-    from kontrast.cpu import isa_label
-
-    print(f"machine: {cpu}, {os.cpu_count()} cores, {isa_label()}; torch {torch.__version__} ({args.threads} threads), "
-          f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    print(f"machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__} ({args.threads} threads), "
+          f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"CPU instruction sets used: {kontrast.cpu.isa_label()}; bf16 native: {kontrast.cpu.native_bf16()}; "
+          f"int8 VNNI: {kontrast.cpu.has_vnni()}")
+    peaks = gemm_peak()
+    print("fp32 GEMM peak (4096^3, best of 3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
+    peak = max(peaks.values())
     if "image" not in args.skip:
         print_now(table(f"encode_image, batch {args.image_batch}, real images (median of {args.repeats} interleaved runs)",
-                        "images", args.image_batch, variants, "image", pixels, args.repeats, baseline))
+                        "images", args.image_batch, variants, "image", pixels, args.repeats, baseline, peak))
     if "text" not in args.skip:
         length = int(ids.argmax(-1).max()) + 1
         print_now(table(f"encode_text, batch {args.text_batch}, real captions (longest {length} of 77 tokens)",
-                        "texts", args.text_batch, variants, "text", ids, args.repeats, baseline))
+                        "texts", args.text_batch, variants, "text", ids, args.repeats, baseline, peak))
         if args.long_text:
             print_now(table(f"encode_text, batch {args.text_batch}, captions filling all 77 tokens",
-                            "texts", args.text_batch, variants, "text", long_ids, args.repeats, baseline))
+                            "texts", args.text_batch, variants, "text", long_ids, args.repeats, baseline, peak))
+    peaks_after = gemm_peak()
+    print("\nfp32 GEMM peak at the end: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks_after.items())
+          + f" (fractions above use {peak:.0f}, the start's best)")
     load_after = os.getloadavg()
-    print(f"\nload average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+    print(f"load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}; "
+          f"CPU: {kontrast.cpu.isa_label()}")
     for note in notes:
         print(f"note: {note}")
     if args.zeroshot:
