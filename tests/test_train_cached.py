@@ -100,3 +100,13 @@ def test_training_runs_on_the_cache(shard: Path, tmp_path: Path):
     assert last["step"] == 3 and torch.isfinite(torch.tensor(last["loss"]))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
+
+
+def test_zoom_out_shows_the_whole_picture_smaller_on_white(shard: Path):
+    pairs, _ = load_cached_pairs(str(shard), 32)
+    aug = BatchAugment(32, MEAN, STD, scale=(4.0, 4.0), ratio=(1.0, 1.0), jitter=0.0, grayscale=0.0)
+    out = aug(pairs.images, torch.zeros(len(pairs), dtype=torch.bool), torch.Generator().manual_seed(0))
+    px = out * 0.5 + 0.5  # [n, 3, 32, 32] in [0, 1]
+    white = (px > 0.99).all(dim=1).float().mean(dim=(1, 2))  # [n] share of white pixels
+    assert bool((white > 0.7).all()) and bool((white < 0.8).all())  # the picture fills a quarter of the area
+    assert bool((px.amin(dim=(1, 2, 3)) < 0.05).all())  # its dark bar is still there

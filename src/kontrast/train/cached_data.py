@@ -5,7 +5,8 @@ decoded once (composited on white, shorter side resized to ``cache_size`` with b
 centre-cropped) into one ``uint8`` array ``[N, C, C, 3]`` kept in memory and on disk, keyed by the shards'
 paths, sizes and modification times. Each step then augments its whole batch at once with tensor ops:
 
-* random resized crop (area ``aug_scale``, aspect ``aug_ratio``) as one ``affine_grid`` + ``grid_sample``;
+* random resized crop (area ``aug_scale``, aspect ``aug_ratio``) as one ``affine_grid`` + ``grid_sample``; an area
+  above 1 zooms out (the whole picture, smaller, on white), as pictures drawn small in their frame look;
 * horizontal flips with probability 0.5, only for samples whose json says ``"flip": true`` (the data build
   forbids it for text, arrows, flags, letters, clocks, ...);
 * brightness / contrast / saturation jitter and a rare grey image; no hue change (a red heart stays red), and
@@ -157,10 +158,12 @@ class BatchAugment:
         x = images.permute(0, 3, 1, 2).float().div_(255)  # [n, C, C, 3] -> [n, 3, C, C]
         area = torch.empty(n).uniform_(*self.scale, generator=g)
         log_r = torch.empty(n).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]), generator=g)
-        w = (area * log_r.exp()).sqrt().clamp(max=1.0)  # crop width as a fraction of the image
-        h = (area / log_r.exp()).sqrt().clamp(max=1.0)
-        cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - w)  # crop centre in [-1, 1] coordinates
-        cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - h)
+        # window size as a fraction of the image: below 1 a crop inside it, above 1 (area > 1) a zoom-out that
+        # shows the whole picture smaller on white, somewhere in the frame
+        w = (area * log_r.exp()).sqrt().clamp(max=1.0) if self.scale[1] <= 1 else (area * log_r.exp()).sqrt()
+        h = (area / log_r.exp()).sqrt().clamp(max=1.0) if self.scale[1] <= 1 else (area / log_r.exp()).sqrt()
+        cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - w).abs()  # window centre in [-1, 1] coordinates
+        cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - h).abs()
         mirror = (torch.rand(n, generator=g) < 0.5) & flip_ok
         theta = torch.zeros(n, 2, 3)
         theta[:, 0, 0] = torch.where(mirror, -w, w)
@@ -168,7 +171,10 @@ class BatchAugment:
         theta[:, 1, 1] = h
         theta[:, 1, 2] = cy
         grid = F.affine_grid(theta, [n, 3, self.image_size, self.image_size], align_corners=False)  # [n, S, S, 2]
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # [n, 3, S, S]
+        if self.scale[1] <= 1:
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # [n, 3, S, S]
+        else:  # outside the picture is white: sample the inverted image with zero padding
+            x = 1 - F.grid_sample(1 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.jitter > 0:
             r = (1 + self.jitter * (2 * torch.rand(n, 3, generator=g) - 1)).view(n, 3, 1, 1)  # [n, 3] -> [n, 3, 1, 1]
             # brightness and contrast pivot on white, so a white background stays white and black lines stay dark
