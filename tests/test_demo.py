@@ -3,6 +3,7 @@ depend on the trained default model's quality), and the completeness of the bund
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -70,7 +71,27 @@ def test_run_demo_writes_report(standin: Path, tmp_path: Path) -> None:
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert data["model_info"]["fingerprint"] == kontrast.fingerprint(kontrast.load(str(standin))[0])
     assert data["top1"] == pytest.approx(report.top1) and len(data["classifications"]) == 32
-    assert {"load_model", "encode_images", "zero_shot", "search", "total"} <= set(data["seconds"])
+    assert {"load_model", "encode_images", "zero_shot", "search", "where", "total"} <= set(data["seconds"])
+
+
+def test_report_shows_where_on_request(standin: Path, tmp_path: Path) -> None:
+    """Every search hit has its query's map behind a "where?" (``<details>``), and the composite section locates
+    four sample pictures' labels, saying whether each peak fell on its own picture."""
+    report, path = demo.run_demo(str(standin), tmp_path / "out")
+    text = path.read_text(encoding="utf-8")
+    for s in report.searches:
+        assert set(s.where) == {f for f, _, _ in s.hits}
+        for uri in s.where.values():
+            assert uri.startswith("data:image/png;base64,") and uri in text
+    assert text.count("<summary>where?</summary>") == sum(len(s.hits) for s in report.searches)
+    view = report.where
+    assert len(view.texts) == len(view.overlays) == len(view.hits) == 4
+    assert all(isinstance(h, bool) for h in view.hits) and view.canvas_uri in text
+    assert f"{sum(view.hits)}/4 peaks fall on the right picture" in text
+    png = Image.open(io.BytesIO(base64.b64decode(view.overlays[0].split(",", 1)[1])))
+    assert png.size == (192, 192)  # the 2 x 2 grid of 96 px cells
+    data = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert data["where"]["texts"] == view.texts and data["where"]["peak_in_own_cell"] == view.hits
 
 
 def test_cli_demo(standin: Path, tmp_path: Path, capsys) -> None:

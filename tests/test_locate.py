@@ -277,3 +277,14 @@ def test_bf16_model_locates_too():
     a = locate(model, pixels, feats).grid
     b = locate(m16, pixels, feats).grid
     assert b.dtype == torch.float32 and torch.allclose(a, b, atol=0.05)
+
+
+def test_grid_composite_places_each_picture_in_its_cell():
+    from kontrast.locate.views import grid_composite
+
+    pictures = [Image.new("RGB", (64, 40), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    canvas, boxes = grid_composite(pictures, cell=50)
+    assert canvas.size == (100, 100) and boxes == [(0, 0, 50, 50), (50, 0, 100, 50), (0, 50, 50, 100)]
+    px = canvas.load()
+    assert px[25, 25] == (255, 0, 0) and px[75, 25] == (0, 255, 0) and px[25, 75] == (0, 0, 255)
+    assert px[75, 75] == (255, 255, 255)  # no fourth picture: white

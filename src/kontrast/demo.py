@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import json
 import os
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,6 +92,7 @@ class SearchResult:
 
     query: str
     hits: list[tuple[str, float, bool]]
+    where: dict[str, str] = field(default_factory=dict)  # file -> PNG data URI of the query's map over that hit
 
     @property
     def precision(self) -> float:
@@ -109,6 +110,7 @@ class DemoReport:
     searches: list[SearchResult]
     seconds: dict[str, float]
     samples: list[SampleImage] = field(repr=False, default_factory=list)
+    where: Any = None  # kontrast.locate.views.CompositeView: labels located in a grid of sample pictures
 
     @property
     def top1(self) -> float:
@@ -148,6 +150,9 @@ class DemoReport:
             "classifications": [asdict(c) | {"correct": c.correct} for c in self.classifications],
             "searches": [{"query": s.query, "precision": s.precision,
                           "hits": [{"file": f, "score": sc, "relevant": r} for f, sc, r in s.hits]} for s in self.searches],
+            "where": None if self.where is None else {
+                "texts": self.where.texts, "peak_in_own_cell": self.where.hits,
+                "files": [c.file for c in where_samples(self.samples)]},
             "seconds": self.seconds,
         }
 
@@ -233,6 +238,37 @@ def search(model, tokenizer, img: torch.Tensor, samples: Sequence[SampleImage],
         top = sims[qi].argsort(descending=True)[:k].tolist()
         results.append(SearchResult(query, [(samples[j].file, float(sims[qi, j]), samples[j].tag in tags) for j in top]))
     return results
+
+
+def where_samples(samples: Sequence[SampleImage], n: int = 4) -> list[SampleImage]:
+    """The pictures of the "where" composite: the first ``n`` emoji with distinct labels."""
+    picked: dict[str, SampleImage] = {}
+    for s in samples:
+        if s.style != "clipart" and s.label not in picked:
+            picked[s.label] = s
+    return list(picked.values())[:n]
+
+
+def add_where_views(model, tokenizer, report: DemoReport) -> None:
+    """Maps of where each search query is in its hits, and a composite of four pictures with each label located
+    (``kontrast.locate``); needs the PyTorch image tower (skipped for other back ends)."""
+    if not hasattr(model, "visual"):
+        return
+    import io
+
+    from PIL import Image
+
+    from .locate.views import composite_view, overlay_uris
+    from .zeroshot import fill_template
+
+    by_file = {s.file: s for s in report.samples}
+    pictures = {f: Image.open(io.BytesIO(s.data)).convert("RGB") for f, s in by_file.items()}
+    for result in report.searches:
+        files = [f for f, _, _ in result.hits]
+        result.where = dict(zip(files, overlay_uris(model, tokenizer, [pictures[f] for f in files], result.query)))
+    chosen = where_samples(report.samples)
+    texts = [fill_template(LABEL_TEMPLATES[0], with_article(s.label)) for s in chosen]
+    report.where = composite_view(model, tokenizer, [pictures[s.file] for s in chosen], texts)
 
 
 def describe_model(model, name: str) -> dict:
@@ -322,8 +358,13 @@ def build_report(model, preprocess, tokenizer, model_name: str, samples: Sequenc
     note(f"running {len(queries)} searches")
     searches = search(model, tokenizer, img, samples, queries)
     seconds["search"] = time.perf_counter() - t2
-    return DemoReport(model_name, describe_model(model, model_name), labels, classifications, searches, seconds,
-                      list(samples))
+    report = DemoReport(model_name, describe_model(model, model_name), labels, classifications, searches, seconds,
+                        list(samples))
+    t3 = time.perf_counter()
+    note("locating queries and labels in the pictures")
+    add_where_views(model, tokenizer, report)
+    seconds["where"] = time.perf_counter() - t3
+    return report
 
 
 def run_demo(model: str = "default", out_dir: str | os.PathLike = "kontrast-demo", device: str = "cpu",
@@ -347,115 +388,8 @@ def run_demo(model: str = "default", out_dir: str | os.PathLike = "kontrast-demo
     report = build_report(loaded, preprocess, tokenizer, str(model), progress=progress)
     report.seconds = {"load_model": load_s, **report.seconds}
     report.seconds["total"] = time.perf_counter() - t0
+    from .demo_html import write_html
+
     path = write_html(report, out / "report.html")
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
     return report, path
-
-
-# ------------------------------------------------------------------------------------------- HTML
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2430}
-header{background:#1d2430;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}
-header p{margin:2px 0;color:#c5cbd6;font-size:13px}header code{background:#38414f;color:#fff}main{padding:8px 28px 28px}
-h2{font-size:17px;margin:22px 0 10px}code{font-size:12px;background:#eef0f4;padding:1px 4px;border-radius:3px}
-.stats{display:flex;gap:12px;flex-wrap:wrap}.stat{background:#fff;border-radius:8px;padding:10px 16px;
-box-shadow:0 1px 2px #0002}.stat b{display:block;font-size:22px}.stat span{font-size:12px;color:#667}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(172px,1fr));gap:10px}
-.card{background:#fff;border-radius:8px;padding:8px;box-shadow:0 1px 2px #0002;border-top:4px solid #c33}
-.card.ok{border-top-color:#2a9d4b}.thumb{height:96px;display:flex;align-items:center;justify-content:center}
-.thumb img{max-width:96px;max-height:96px}.truth{font-size:13px;font-weight:600;margin:4px 0 2px}
-.style{font-size:11px;color:#778}.pred{font-size:12px;margin-top:3px}.pred .bar{height:5px;background:#dde2ea;
-border-radius:3px}.pred .bar i{display:block;height:5px;border-radius:3px;background:#4a7bd0}
-.pred.t .bar i{background:#2a9d4b}.pred.t{font-weight:600}.row{display:flex;justify-content:space-between;gap:4px}.row span:first-child{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.queries{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}
-.query{background:#fff;border-radius:8px;padding:10px 12px;box-shadow:0 1px 2px #0002}
-.query h3{margin:0 0 8px;font-size:14px}.query h3 small{font-weight:400;color:#667}
-.hits{display:flex;gap:8px;flex-wrap:wrap}.hit{width:92px;text-align:center;font-size:11px;overflow-wrap:anywhere}
-.hit .thumb{height:72px;border-radius:6px;border:2px solid #ddd}.hit.rel .thumb{border-color:#2a9d4b}
-.hit .thumb img{max-width:64px;max-height:64px}table{border-collapse:collapse;font-size:12px;background:#fff}
-td,th{padding:3px 8px;border-bottom:1px solid #e3e6eb;text-align:left}footer{font-size:12px;color:#667;padding:0 28px 24px}
-"""
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _classification_card(c: Classification, sample: SampleImage) -> str:
-    preds = "".join(
-        f'<div class="pred{" t" if lab == c.label else ""}"><div class="row"><span>{_e(lab)}</span>'
-        f'<span>{p:.0%}</span></div><div class="bar"><i style="width:{max(p, 0.01) * 100:.1f}%"></i></div></div>'
-        for lab, p in c.top)
-    verdict = "correct" if c.correct else f"true label ranked {c.rank}"
-    seen = ""
-    if c.concept_seen is not None:
-        seen = (f'<div class="style">concept {"seen" if c.concept_seen else "unseen"} &middot; style '
-                f'{"seen" if c.style_seen else "unseen"} in training</div>')
-    return (f'<div class="card{" ok" if c.correct else ""}"><div class="thumb"><img src="{sample.data_uri()}" '
-            f'alt="{_e(sample.label)}" title="{_e(sample.file)}"></div><div class="truth">{_e(c.label)}</div>'
-            f'<div class="style">{_e(sample.style)} &middot; {_e(verdict)}</div>{seen}{preds}</div>')
-
-
-def _search_block(s: SearchResult, by_file: dict[str, SampleImage]) -> str:
-    hits = "".join(
-        f'<div class="hit{" rel" if rel else ""}"><div class="thumb"><img src="{by_file[f].data_uri()}" '
-        f'alt="{_e(by_file[f].label)}" title="{_e(f)}"></div>{_e(by_file[f].label)}<br>{score:.3f}</div>'
-        for f, score, rel in s.hits)
-    return (f'<div class="query"><h3>&ldquo;{_e(s.query)}&rdquo; <small>{sum(r for _, _, r in s.hits)}/{len(s.hits)} '
-            f'relevant in the top {len(s.hits)} (green border)</small></h3><div class="hits">{hits}</div></div>')
-
-
-def render_html(report: DemoReport) -> str:
-    """The report as one self-contained HTML page (inline CSS, images as data URIs, no scripts)."""
-    info = report.model_info
-    by_file = {s.file: s for s in report.samples}
-    styles = ", ".join(f"{k} {a}/{b}" for k, (a, b) in report.accuracy_by_style().items())
-    seen = "; ".join(f"{k}: {a}/{b} correct" for k, (a, b) in report.accuracy_by_seen().items())
-    seen_html = (f"<p>Against the model's training record: {_e(seen)}. A <i>seen</i> concept was in the training "
-                 f"data in some art style (never this image); an <i>unseen</i> one only reaches the model through "
-                 f"its name.</p>") if seen else "<p>This model carries no record of its training data.</p>"
-    mean_p = sum(s.precision for s in report.searches) / max(1, len(report.searches))
-    stats = [(f"{report.top1:.0%}", f"zero-shot top-1 ({len(report.classifications)} images)"),
-             (f"{report.top5:.0%}", "top-5"), (str(len(report.labels)), "candidate labels"),
-             (f"{mean_p:.0%}", f"search precision@{TOP_K_SEARCH}"), (f"{report.seconds.get('total', 0):.1f} s", "load + run time")]
-    stat_html = "".join(f'<div class="stat"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for v, k in stats)
-    cards = "".join(_classification_card(c, by_file[c.file]) for c in report.classifications)
-    blocks = "".join(_search_block(s, by_file) for s in report.searches)
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in info.items() if v is not None)
-    timing = ", ".join(f"{k.replace('_', ' ')} {v:.2f} s" for k, v in report.seconds.items())
-    templates = "; ".join(LABEL_TEMPLATES)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>kontrast demo report</title><style>{_CSS}</style></head>
-<body><header><h1>kontrast demo</h1>
-<p>model <b>{_e(report.model_name)}</b> &middot; fingerprint <code>{_e(info.get("fingerprint"))}</code> &middot;
-{_e(info.get("architecture"))}, {info.get("parameters", 0) / 1e6:.1f} M parameters, {_e(info.get("image_size"))} px images</p>
-<p>Zero-shot classification and text search over {len(report.samples)} bundled images that the default models never saw
-in training: emoji of held-out concepts, the OpenMoji style that no training set contains, held-out clip art
-({_e(styles)} correct).</p></header>
-<main><div class="stats">{stat_html}</div>
-<h2>Zero-shot classification: top {TOP_K_LABELS} labels</h2>
-<p style="font-size:13px">Each image is scored against {len(report.labels)} labels (its own sample's names plus
-{len(report.labels) - len({c.label for c in report.classifications})} distractors), prompts
-<code>{_e(templates)}</code> averaged; probabilities: {_e(info.get("probabilities"))}. Green top border: the true label
-came first.</p>
-<div style="font-size:13px">{seen_html}</div>
-<div class="grid">{cards}</div>
-<h2>Text search over the sample: top {TOP_K_SEARCH} by cosine similarity</h2><div class="queries">{blocks}</div>
-<h2>Model</h2><table>{rows}</table>
-<p style="font-size:12px">Timings: {_e(timing)}.</p></main>
-<footer>Images: Noto Emoji (Apache-2.0, Google); Twemoji (CC BY 4.0, Twitter, Inc and other contributors);
-OpenMoji (CC BY-SA 4.0, &ldquo;All emojis designed by OpenMoji &ndash; the open-source emoji and icon project&rdquo;,
-resized); Openclipart 0.18 (public domain). Per-file credits: <code>kontrast/assets/demo/ATTRIBUTION.md</code>.</footer>
-</body></html>
-"""
-
-
-def write_html(report: DemoReport, path: str | os.PathLike) -> Path:
-    """Write :func:`render_html` to ``path`` (atomically: a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render_html(report))
-    os.replace(tmp, path)
-    return path
