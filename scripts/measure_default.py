@@ -28,14 +28,14 @@ def load_any(spec: str):
     from kontrast.api import _finish
 
     if spec.endswith(".pt") and Path(spec).is_file():
-        from kontrast.config import ModelConfig
-        from kontrast.models import CLIP
+        from kontrast.models import model_for_record
+        from kontrast.record import ModelRecord
         from kontrast.train.checkpoint import load_checkpoint
 
         state = load_checkpoint(spec)
-        model = CLIP(ModelConfig.from_dict(state["model_config"]))
+        model = model_for_record(ModelRecord.from_dict(state["model_record"], spec))
         model.load_state_dict(state["model"], strict=False)
-        return _finish(model, "fp32", "cpu", None)
+        return _finish(model, "fp32", "cpu")
     return kontrast.load(spec)
 
 
