@@ -35,10 +35,11 @@ from kontrast.locate import METHODS, locate, overlay
 from kontrast.locate.render import normalise
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "emoji"
-SPLITS = {
-    "google val_concepts": "emoji-google-val_concepts-*.tar",
-    "twitter val_concepts": "emoji-twitter-val_concepts-*.tar",
-    "openmoji val_style": "emoji-openmoji-val_style-*.tar",
+SPLITS = {  # name -> (shard pattern, concept_split wanted or None for all)
+    "google val_concepts": ("emoji-google-val_concepts-*.tar", None),
+    "twitter val_concepts": ("emoji-twitter-val_concepts-*.tar", None),
+    "openmoji seen concepts": ("emoji-openmoji-val_style-*.tar", "train"),
+    "openmoji unseen concepts": ("emoji-openmoji-val_style-*.tar", "test"),
 }
 
 
@@ -55,12 +56,16 @@ class Composite:
     boxes: list[tuple[int, int, int, int]]  # x0, y0, x1, y1 (exclusive)
 
 
-def read_split(pattern: str) -> list[Item]:
-    """One item per distinct concept name in the split's shards (sorted by name: deterministic)."""
+def read_split(pattern: str, concept_split: str | None) -> list[Item]:
+    """One item per distinct concept name in the split's shards (sorted by name: deterministic); with
+    ``concept_split``, only concepts of that side of the training split ("train": seen, "test": held out)."""
     items: dict[str, Item] = {}
     for shard in sorted(SHARED.glob(pattern)):
         for record in open_source(shard):
-            name = (record.meta or {}).get("name")
+            meta = record.meta or {}
+            name = meta.get("name")
+            if concept_split is not None and meta.get("concept_split") != concept_split:
+                continue
             if record.data and name and name not in items:
                 items[name] = Item(name, Image.open(io.BytesIO(record.data)).convert("RGB"))
     return [items[k] for k in sorted(items)]
@@ -91,8 +96,8 @@ def make_composite(items: list[Item], rng: random.Random, canvas: int) -> Compos
 
 
 def run(models: list[str], methods: list[str], sizes: list[int], trials: int, canvas: int, seed: int,
-        out: Path | None) -> dict:
-    splits = {name: read_split(pattern) for name, pattern in SPLITS.items()}
+        out: Path | None, modes: tuple[bool, ...] = (False, True)) -> dict:
+    splits = {name: read_split(pattern, which) for name, (pattern, which) in SPLITS.items()}
     if not all(splits.values()):
         sys.exit(f"emoji shards not found under {SHARED}")
     composites = {name: [make_composite(items, random.Random(f"{seed}:{name}:{t}"), canvas) for t in range(trials)]
@@ -109,23 +114,31 @@ def run(models: list[str], methods: list[str], sizes: list[int], trials: int, ca
         model, _, tokenizer = kontrast.load(model_name)
         for size in sizes:
             for method in methods:
-                for split, comps in composites.items():
-                    hits, total, start = 0, 0, time.perf_counter()
-                    for comp in comps:
-                        prompts = [f"an emoji of {n}" for n in comp.names]
-                        loc = locate(model, [comp.canvas], prompts, method=method, size=size, tokenizer=tokenizer)
-                        for t, (x0, y0, x1, y1) in enumerate(comp.boxes):
-                            px, py = loc.peak_in_source(0, t)
-                            hits += int(x0 <= px < x1 and y0 <= py < y1)
-                            total += 1
-                    row = {"model": model_name, "size": size, "method": method, "split": split,
-                           "accuracy": hits / total, "pointings": total,
-                           "s_per_image": (time.perf_counter() - start) / len(comps)}
-                    results["rows"].append(row)
-                    print(f"  {model_name} size {size} {method:8s} {split:22s} {hits / total:.3f}", file=sys.stderr)
+                for relative in modes:
+                    for split, comps in composites.items():
+                        row = point(model, tokenizer, comps, method, size, relative)
+                        row.update(model=model_name, split=split)
+                        results["rows"].append(row)
+                        print(f"  {model_name} size {size} {row['maps']:20s} {split:24s} {row['accuracy']:.3f}",
+                              file=sys.stderr)
         if out is not None and model_name == models[0]:
             write_examples(model, tokenizer, composites, methods, sizes[-1], out)
     return results
+
+
+def point(model, tokenizer, comps: list[Composite], method: str, size: int, relative: bool) -> dict:
+    """Pointing accuracy over composites: each item's prompt, maps of all the composite's prompts at once."""
+    hits, total, start = 0, 0, time.perf_counter()
+    for comp in comps:
+        prompts = [f"an emoji of {n}" for n in comp.names]
+        loc = locate(model, [comp.canvas], prompts, method=method, size=size, tokenizer=tokenizer, relative=relative)
+        for t, (x0, y0, x1, y1) in enumerate(comp.boxes):
+            px, py = loc.peak_in_source(0, t)
+            hits += int(x0 <= px < x1 and y0 <= py < y1)
+            total += 1
+    maps = f"{method}{' relative' if relative else ''}"
+    return {"size": size, "method": method, "relative": relative, "maps": maps, "accuracy": hits / total,
+            "pointings": total, "s_per_image": (time.perf_counter() - start) / len(comps)}
 
 
 def write_examples(model, tokenizer, composites: dict, methods: list[str], size: int, out: Path) -> None:
@@ -150,11 +163,11 @@ def write_examples(model, tokenizer, composites: dict, methods: list[str], size:
 
 def table(results: dict) -> str:
     splits = list(SPLITS)
-    lines = ["| model | size | method | " + " | ".join(splits) + " |", "|---|---|---|" + "---:|" * len(splits)]
-    keyed = {(r["model"], r["size"], r["method"], r["split"]): r["accuracy"] for r in results["rows"]}
-    for model, size, method in dict.fromkeys((r["model"], r["size"], r["method"]) for r in results["rows"]):
-        cells = [f"{keyed[(model, size, method, s)]:.1%}" for s in splits]
-        lines.append(f"| {model} | {size} | {method} | " + " | ".join(cells) + " |")
+    lines = ["| model | size | maps | " + " | ".join(splits) + " |", "|---|---|---|" + "---:|" * len(splits)]
+    keyed = {(r["model"], r["size"], r["maps"], r["split"]): r["accuracy"] for r in results["rows"]}
+    for model, size, maps in dict.fromkeys((r["model"], r["size"], r["maps"]) for r in results["rows"]):
+        cells = [f"{keyed[(model, size, maps, s)]:.1%}" for s in splits]
+        lines.append(f"| {model} | {size} | {maps} | " + " | ".join(cells) + " |")
     for base in ("random item", "random point"):
         cells = [f"{results['baselines'][s][base]:.1%}" for s in splits]
         lines.append(f"| {base} baseline | | | " + " | ".join(cells) + " |")
@@ -169,9 +182,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=150, help="composites per split")
     ap.add_argument("--canvas", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--modes", nargs="+", default=["cosine", "relative"], choices=["cosine", "relative"],
+                    help="raw cosine maps, and/or maps relative to the composite's other prompts")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and examples.png")
     args = ap.parse_args()
-    results = run(args.models, args.methods, args.sizes, args.trials, args.canvas, args.seed, args.out)
+    modes = tuple(m == "relative" for m in args.modes)
+    results = run(args.models, args.methods, args.sizes, args.trials, args.canvas, args.seed, args.out, modes)
     flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
              if f in Path("/proc/cpuinfo").read_text().split()]
     results["cpu_flags"] = flags

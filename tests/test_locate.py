@@ -53,7 +53,7 @@ def _ids(model, n: int) -> torch.Tensor:
     return torch.randint(1, 1000, (n, model.context_length))
 
 
-@pytest.mark.parametrize("method", ["maskclip", "tokens", "crops"])
+@pytest.mark.parametrize("method", ["maskclip", "clearclip", "tokens", "crops"])
 @pytest.mark.parametrize("tower", ["vit", "resnet", "siglip", "convnext"])
 def test_map_shapes_for_every_tower(tower, method):
     if tower == "siglip":
@@ -100,8 +100,9 @@ def test_siglip_maskclip_is_the_pooled_embedding_when_all_patches_agree():
         dense = dense_features(model.visual, flat, "maskclip")[0]  # [g, g, E]
     torch.testing.assert_close(dense, pooled.expand_as(dense), atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        tokens = dense_features(model.visual, flat, "tokens")[0]  # each token as the query: the same here
-    torch.testing.assert_close(tokens, pooled.expand_as(tokens), atol=1e-5, rtol=1e-5)
+        for method in ("tokens", "clearclip"):  # each token as the query, or queries against queries: the same here
+            tokens = dense_features(model.visual, flat, method)[0]
+            torch.testing.assert_close(tokens, pooled.expand_as(tokens), atol=1e-5, rtol=1e-5)
 
 
 def test_resnet_maskclip_is_the_attention_pool_on_one_cell():
@@ -137,6 +138,22 @@ def test_vit_tokens_method_is_the_last_layer_tokens_projected():
     torch.testing.assert_close(dense.reshape(2, 16, -1), expected)
 
 
+def test_vit_clearclip_pools_tokens_by_query_similarity():
+    """ClearCLIP = MaskCLIP after query-query attention: equal where all tokens agree (uniform attention over
+    identical values), different where they do not; it never reads the class token."""
+    model = tiny_vit(layers=1)
+    with torch.no_grad():
+        model.visual.positional_embedding.zero_()
+        flat = torch.full((1, 3, 32, 32), 0.5)
+        torch.testing.assert_close(dense_features(model.visual, flat, "clearclip"),
+                                   dense_features(model.visual, flat, "maskclip"))
+        pixels = torch.randn(1, 3, 32, 32)
+        clear = dense_features(model.visual, pixels, "clearclip")
+        assert not torch.allclose(clear, dense_features(model.visual, pixels, "maskclip"))
+        model.visual.class_embedding.add_(1.0)
+        torch.testing.assert_close(dense_features(model.visual, pixels, "clearclip"), clear)
+
+
 def test_vit_maskclip_skips_query_key_mixing():
     """MaskCLIP's value path: a patch's feature depends on the last block's input at that patch only, so changing
     other patches' last-block inputs (here: a 1-layer model, other pixels) leaves it unchanged."""
@@ -145,7 +162,7 @@ def test_vit_maskclip_skips_query_key_mixing():
         a = torch.randn(1, 3, 32, 32)
         b = a.clone()
         b[:, :, 16:, :] = torch.randn(1, 3, 16, 32)  # change the bottom half only
-        fa, fb = dense_features(model.visual, a), dense_features(model.visual, b)
+        fa, fb = dense_features(model.visual, a, "maskclip"), dense_features(model.visual, b, "maskclip")
         ta, tb = dense_features(model.visual, a, "tokens"), dense_features(model.visual, b, "tokens")
     torch.testing.assert_close(fa[:, :2], fb[:, :2])  # top two rows of cells: untouched
     assert not torch.allclose(ta[:, :2], tb[:, :2])  # the naive tokens mix in the changed half
@@ -169,9 +186,9 @@ def test_constructed_case_maximum_lands_on_the_red_square():
     red = torch.zeros(1, 3, 8, 8)
     red[:, 0], red[:, 1], red[:, 2] = 1.2, -1.5, -1.3  # a normalised red patch, as preprocessing gives
     with torch.no_grad():
-        query = dense_features(model.visual, red.repeat(1, 1, 4, 4))[0, 0, 0][None]  # [1, E]
+        query = dense_features(model.visual, red.repeat(1, 1, 4, 4), "maskclip")[0, 0, 0][None]  # [1, E]
     img, (x0, y0, x1, y1) = _red_square_image()
-    loc = locate(model, [img], query, size=64)
+    loc = locate(model, [img], query, size=64, method="maskclip")
     assert loc.grid.shape == (1, 1, 8, 8)
     assert loc.regions[0] == pytest.approx((20.0, 0.0, 100.0, 80.0))  # the centre crop of 120 x 80
     px, py = loc.peak_in_source(0, 0)

@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from ..models.dense import DEFAULT_METHOD, METHODS
 from .common import add_model_args, load_model
 
 
@@ -24,11 +25,15 @@ def register(subparsers) -> None:
     p.add_argument("texts", nargs="+", metavar="TEXT", help='what to look for, e.g. "a red bicycle"')
     p.add_argument("--out", default=None, metavar="PATH",
                    help="a .png file (one text) or a folder (default: kontrast-locate/ beside the current folder)")
-    p.add_argument("--method", default="maskclip", choices=["maskclip", "tokens", "crops"],
-                   help="dense features: maskclip (default, the value path of the last pooling step), tokens "
-                        "(last-layer patch tokens) or crops (sliding-window crops, slower)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
+                   help=f"dense features (default {DEFAULT_METHOD}): maskclip (the value path of the last pooling "
+                        "step), clearclip (the same after query-query attention), tokens (last-layer patch tokens) "
+                        "or crops (sliding-window crops, slower)")
     p.add_argument("--size", type=int, default=None, metavar="PX",
                    help="input size for the map (default: 3x the model's image size, a finer grid)")
+    p.add_argument("--relative", action="store_true",
+                   help="with several texts: each map is the softmax over the texts per patch (where this text wins "
+                        "against the others) instead of the raw similarity")
     p.add_argument("--boxes", action="store_true", help="draw and report boxes around the high-similarity regions")
     p.add_argument("--threshold", type=float, default=0.6, help="box threshold, a fraction of the map's range")
     p.add_argument("--json", action="store_true", help="one JSON object per (image, text) on stdout")
@@ -66,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
     model, _, tokenizer = load_model(args, torch_only=True)
     if not hasattr(model, "visual"):
         raise KontrastError(f"{args.model}: localisation needs the PyTorch image tower (drop --backend onnx)")
+    if args.relative and len(texts) < 2:
+        raise KontrastError("--relative compares the texts with each other: give at least two")
     size = args.size or 3 * model.image_size
-    result = locate(model, [image], texts, method=args.method, size=size, tokenizer=tokenizer)
+    result = locate(model, [image], texts, method=args.method, size=size, tokenizer=tokenizer, relative=args.relative)
     region = result.regions[0]
     paths = _out_paths(args.out, image_path, texts)
     for t, (text, path) in enumerate(zip(texts, paths)):
@@ -80,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
         px, py = result.peak_in_source(0, t)
         if args.json:
             print(json.dumps({"image": str(image_path), "text": text, "peak": [round(px, 1), round(py, 1)],
-                              "score": round(float(heat.max()), 5), "overlay": str(path),
+                              "score": round(float(heat.max()), 5), "relative": args.relative, "overlay": str(path),
                               "boxes": [b.to_dict() for b in boxes]}))
         else:
             where = f"peak at ({px:.0f}, {py:.0f})" + (f", {len(boxes)} box(es)" if args.boxes else "")
-            print(f"{text}: {where}, max cosine {heat.max():.3f} -> {path}")
+            kind = "max probability among the texts" if args.relative else "max cosine"
+            print(f"{text}: {where}, {kind} {heat.max():.3f} -> {path}")
     return 0

@@ -1,7 +1,8 @@
 """``locate(model, images, texts)``: where in each image each text is, as similarity maps over the patch grid.
 
 The dense features come from ``kontrast.models.dense`` (``"maskclip"``: the last pooling step's value path per
-patch; ``"tokens"``: the naive last-layer tokens; ``"crops"``: sliding-window crops embedded as images). The map
+patch; ``"clearclip"``: the same after query-query attention, the default; ``"tokens"``: the naive last-layer
+tokens; ``"crops"``: sliding-window crops embedded as images). The map
 of text ``t`` over image ``i`` is the cosine similarity between the text embedding and each patch's feature,
 ``grid[i, t]`` ``[gh, gw]``, and the same upsampled bilinearly to the input's pixels, ``maps[i, t]`` ``[H, W]``.
 
@@ -9,6 +10,11 @@ Images may be given as pixels (already preprocessed, any square size that is a m
 PIL images / paths / bytes, which are preprocessed with the model's own record at ``size`` pixels (default: the
 model's image size). A larger ``size`` gives a finer grid: the position embeddings are interpolated, and objects
 that are small in the picture appear at the scale the model was trained on.
+
+``relative=True`` (several texts) turns each patch's similarities into a softmax over the texts, scaled by the
+model's temperature: each map then says how much more a patch matches its text than the OTHER texts given (the
+per-pixel classification MaskCLIP segments with). A patch every prompt likes (a common bias of small models)
+no longer wins every map.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.dense import METHODS, crop_scores, dense_features
+from ..models.dense import DEFAULT_METHOD, METHODS, crop_scores, dense_features
 
 
 @dataclass
@@ -32,6 +38,7 @@ class Localisation:
     grid: torch.Tensor  # [N, T, gh, gw]
     maps: torch.Tensor  # [N, T, H, W], bilinear upsampling of ``grid`` to the input pixels
     regions: list[tuple[float, float, float, float]] = field(default_factory=list)  # per image: input area in source px
+    relative: bool = False  # maps are softmax probabilities over the texts, not cosine similarities
 
     def peak(self, image: int, text: int) -> tuple[int, int]:
         """``(x, y)`` of the maximum of ``maps[image, text]`` in input pixels."""
@@ -90,14 +97,17 @@ def locate(
     model: torch.nn.Module,
     images,
     texts: Sequence[str] | str | torch.Tensor,
-    method: str = "maskclip",
+    method: str = DEFAULT_METHOD,
     size: int | None = None,
     tokenizer: Callable | None = None,
     preprocess: Callable | None = None,
+    relative: bool = False,
 ) -> Localisation:
     """Similarity maps of each text over each image (see the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if relative and isinstance(texts, str):
+        raise ValueError("relative=True compares several texts with each other; give at least two")
     was_training = model.training
     model.eval()
     try:
@@ -109,7 +119,17 @@ def locate(
         else:
             dense = F.normalize(dense_features(model.visual, pixels, method).float(), dim=-1)  # [N, gh, gw, E]
             grid = torch.einsum("nhwe,te->nthw", dense, text_features.to(dense.device))  # [N, T, gh, gw]
+        if relative:
+            if grid.shape[1] < 2:
+                raise ValueError("relative=True compares several texts with each other; give at least two")
+            grid = (_temperature(model) * grid).softmax(dim=1)  # [N, T, gh, gw], each cell sums to 1 over texts
         maps = F.interpolate(grid, size=pixels.shape[-2:], mode="bilinear", align_corners=False)  # [N, T, H, W]
     finally:
         model.train(was_training)
-    return Localisation(names, method, grid.cpu(), maps.cpu(), regions)
+    return Localisation(names, method, grid.cpu(), maps.cpu(), regions, relative)
+
+
+def _temperature(model: torch.nn.Module) -> float:
+    """``exp(logit_scale)`` of a model that has one (100, CLIP's cap, otherwise)."""
+    scale = getattr(model, "logit_scale", None)  # a one-tower model has none (its error is an AttributeError)
+    return float(scale.detach().float().exp()) if isinstance(scale, torch.Tensor) else 100.0

@@ -172,14 +172,16 @@ class CLIP(nn.Module):
             features = self.ln_final(x) @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features
 
-    def locate(self, images, texts, method: str = "maskclip", size: int | None = None, **kwargs):
+    def locate(self, images, texts, method: str | None = None, size: int | None = None, **kwargs):
         """Where each text is in each image: similarity maps over the patch grid ``[N, T, gh, gw]`` and at the input's
         pixels ``[N, T, H, W]`` (a ``kontrast.locate.Localisation``). ``images``: pixels ``[N, 3, H, W]``, or images /
         paths preprocessed with this model's record at ``size``; ``texts``: strings, token ids or text features.
-        ``method``: ``"maskclip"``, ``"tokens"`` or ``"crops"`` (see ``kontrast.models.dense``)."""
+        ``method``: ``"clearclip"`` (default), ``"maskclip"``, ``"tokens"`` or ``"crops"`` (``kontrast.models.dense``)."""
         from ..locate.core import locate
 
-        return locate(self, images, texts, method=method, size=size, **kwargs)
+        if method is not None:
+            kwargs["method"] = method
+        return locate(self, images, texts, size=size, **kwargs)
 
     def text_features(self, ids: torch.Tensor, output: str = "tokens", layer: int = -1) -> torch.Tensor | tuple:
         """Per-token text features ``[N, L, W]``, indexed as Hugging Face's ``CLIPTextModel`` ``hidden_states``.

@@ -10,6 +10,10 @@ same space as the text. Three ways, chosen by ``method``:
   ``y = out_proj(v(token)); y + mlp(ln(y))``. Each is exactly the pooled embedding with attention weight 1
   on one token, which is what the pooling computes a weighted mean of. A ConvNeXt tower pools by a plain mean,
   so both dense methods give its head (LayerNorm, projection) applied at each cell of the last feature map.
+- ``"clearclip"`` (Lan et al., *ClearCLIP*, 2024): as ``"maskclip"``, but each token first mixes with the tokens
+  whose QUERIES resemble its own (query-query attention in the last pooling step: self-similar regions pool
+  together, which smooths the per-patch noise without the class token's global mixing); still no residual, no MLP
+  in a ViT's last block.
 - ``"tokens"``: what a naive reading gives: a CLIP ViT's last-block patch tokens through ``ln_post`` and
   ``proj``; for attention-pool towers (ResNet, SigLIP), the pool run once per token with that token as the
   query. Known to localise poorly (the last block mixes global context into every token).
@@ -34,13 +38,16 @@ from .resnet import ModifiedResNet
 from .siglip import MAPHead, SigLIPVisionTransformer
 from .vit import VisionTransformer, interpolate_pos_embed
 
-METHODS = ("maskclip", "tokens", "crops")
+METHODS = ("maskclip", "clearclip", "tokens", "crops")
+DENSE_METHODS = METHODS[:3]
+DEFAULT_METHOD = "clearclip"  # the best of the dense methods in benchmarks/pointing.py (see README, "Where")
 
 
-def dense_features(visual: torch.nn.Module, pixels: torch.Tensor, method: str = "maskclip") -> torch.Tensor:
-    """Per-patch features ``[N, gh, gw, E]`` (unnormalised) of an image tower (``"maskclip"`` or ``"tokens"``)."""
-    if method not in ("maskclip", "tokens"):
-        raise ValueError(f"dense features come from method 'maskclip' or 'tokens', not {method!r}")
+def dense_features(visual: torch.nn.Module, pixels: torch.Tensor, method: str = DEFAULT_METHOD) -> torch.Tensor:
+    """Per-patch features ``[N, gh, gw, E]`` (unnormalised) of an image tower (``"maskclip"``, ``"clearclip"`` or
+    ``"tokens"``)."""
+    if method not in DENSE_METHODS:
+        raise ValueError(f"dense features come from method {', '.join(DENSE_METHODS)}, not {method!r}")
     if isinstance(visual, VisionTransformer):
         return _vit_dense(visual, pixels, method)
     if isinstance(visual, ModifiedResNet):
@@ -75,12 +82,26 @@ def _vit_dense(visual: VisionTransformer, pixels: torch.Tensor, method: str) -> 
     else:
         x = visual.transformer(x, stop_at=len(blocks) - 1)  # every block but the last
         last = blocks[-1]
-        width = x.shape[-1]
-        attn = last.attn
-        v = linear_params(last.ln_1(x[:, 1:]), attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
-        y = linear(v, attn.out_proj)  # [N, g*g, D]: the last block's attention output with weight 1 on each token
+        h = last.ln_1(x[:, 1:])  # [N, g*g, D]
+        if method == "maskclip":
+            width = h.shape[-1]
+            v = linear_params(h, last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:])
+            y = linear(v, last.attn.out_proj)  # [N, g*g, D]: the last attention with weight 1 on each token
+        else:
+            y = _query_query(last.attn, h)
         tokens = visual.ln_post(y) @ visual.proj  # [N, g*g, E]
     return tokens.reshape(n, gh, gw, -1)  # [N, g*g, E] -> [N, gh, gw, E]
+
+
+def _query_query(attn, h: torch.Tensor) -> torch.Tensor:
+    """ClearCLIP's attention: queries against queries, then the values and the output projection, ``[N, L, D]``."""
+    n, length, width = h.shape
+    heads = attn.heads
+    qkv = linear_params(h, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # [N, L, 3D] -> [3, N, H, L, D/H]
+    out = F.scaled_dot_product_attention(qkv[0], qkv[0], qkv[2])  # [N, H, L, D/H]
+    out = out.transpose(1, 2).reshape(n, length, width)  # [N, H, L, D/H] -> [N, L, H, D/H] -> [N, L, D]
+    return linear(out, attn.out_proj)
 
 
 # ---- modified ResNet --------------------------------------------------------------------------------------
@@ -94,9 +115,13 @@ def _resnet_dense(visual: ModifiedResNet, pixels: torch.Tensor, method: str) -> 
     heads, hd = pool.num_heads, c // pool.num_heads
     length = x.shape[1]
     q = pool.q_proj(x[:, 1:]).view(n, gh * gw, heads, hd).transpose(1, 2)  # [N, L-1, C] -> [N, H, L-1, C/H]
-    k = pool.k_proj(x).view(n, length, heads, hd).transpose(1, 2)  # [N, L, C] -> [N, H, L, C/H]
-    v = pool.v_proj(x).view(n, length, heads, hd).transpose(1, 2)  # [N, L, C] -> [N, H, L, C/H]
-    out = F.scaled_dot_product_attention(q, k, v)  # [N, H, L-1, C/H]: the pool queried by every token
+    if method == "clearclip":  # queries against the other cells' queries, values of the cells
+        v = pool.v_proj(x[:, 1:]).view(n, gh * gw, heads, hd).transpose(1, 2)  # [N, L-1, C] -> [N, H, L-1, C/H]
+        out = F.scaled_dot_product_attention(q, q, v)  # [N, H, L-1, C/H]
+    else:
+        k = pool.k_proj(x).view(n, length, heads, hd).transpose(1, 2)  # [N, L, C] -> [N, H, L, C/H]
+        v = pool.v_proj(x).view(n, length, heads, hd).transpose(1, 2)  # [N, L, C] -> [N, H, L, C/H]
+        out = F.scaled_dot_product_attention(q, k, v)  # [N, H, L-1, C/H]: the pool queried by every token
     out = out.transpose(1, 2).reshape(n, gh * gw, c)  # [N, H, L-1, C/H] -> [N, L-1, H, C/H] -> [N, L-1, C]
     return pool.c_proj(out).reshape(n, gh, gw, -1)  # [N, L-1, E] -> [N, gh, gw, E]
 
@@ -126,14 +151,15 @@ def _map_value_path(head: MAPHead, tokens: torch.Tensor) -> torch.Tensor:
     return linear(linear(head.ln(y), head.mlp.c_fc, act=head.mlp.gelu), head.mlp.c_proj, residual=y)
 
 
-def _map_per_token_query(head: MAPHead, tokens: torch.Tensor) -> torch.Tensor:
-    """The attention-pool head queried by each token instead of the probe: ``[N, L, D] -> [N, L, D]``."""
+def _map_per_token_query(head: MAPHead, tokens: torch.Tensor, query_query: bool = False) -> torch.Tensor:
+    """The attention-pool head queried by each token instead of the probe (keys: the tokens, or with
+    ``query_query`` their queries, ClearCLIP's way): ``[N, L, D] -> [N, L, D]``."""
     n, length, width = tokens.shape
     heads = head.attn.heads
     qkv = linear_params(tokens, head.attn.in_proj_weight, head.attn.in_proj_bias)
     # [N, L, 3D] -> [N, L, 3, H, D/H] -> [3, N, H, L, D/H]
     qkv = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [N, H, L, D/H]
+    out = F.scaled_dot_product_attention(qkv[0], qkv[0] if query_query else qkv[1], qkv[2])  # [N, H, L, D/H]
     out = out.transpose(1, 2).reshape(n, length, width)  # [N, H, L, D/H] -> [N, L, H, D/H] -> [N, L, D]
     y = linear(out, head.attn.out_proj)
     return linear(linear(head.ln(y), head.mlp.c_fc, act=head.mlp.gelu), head.mlp.c_proj, residual=y)
@@ -141,8 +167,11 @@ def _map_per_token_query(head: MAPHead, tokens: torch.Tensor) -> torch.Tensor:
 
 def _siglip_dense(visual: SigLIPVisionTransformer, pixels: torch.Tensor, method: str) -> torch.Tensor:
     tokens, gh, gw = _siglip_tokens(visual, pixels)
-    path = _map_value_path if method == "maskclip" else _map_per_token_query
-    return path(visual.attn_pool, tokens).reshape(tokens.shape[0], gh, gw, -1)  # [N, g*g, D] -> [N, gh, gw, D]
+    if method == "maskclip":
+        out = _map_value_path(visual.attn_pool, tokens)
+    else:
+        out = _map_per_token_query(visual.attn_pool, tokens, query_query=method == "clearclip")
+    return out.reshape(tokens.shape[0], gh, gw, -1)  # [N, g*g, D] -> [N, gh, gw, D]
 
 
 # ---- ConvNeXt ---------------------------------------------------------------------------------------------

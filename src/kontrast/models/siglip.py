@@ -370,14 +370,16 @@ class SigLIP(nn.Module):
         features = self.text(ids)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def locate(self, images, texts, method: str = "maskclip", size: int | None = None, **kwargs):
+    def locate(self, images, texts, method: str | None = None, size: int | None = None, **kwargs):
         """Where each text is in each image: similarity maps over the patch grid ``[N, T, gh, gw]`` and at the input's
         pixels ``[N, T, H, W]`` (a ``kontrast.locate.Localisation``). ``images``: pixels ``[N, 3, H, W]``, or images /
         paths preprocessed with this model's record at ``size``; ``texts``: strings, token ids or text features.
-        ``method``: ``"maskclip"``, ``"tokens"`` or ``"crops"`` (see ``kontrast.models.dense``)."""
+        ``method``: ``"clearclip"`` (default), ``"maskclip"``, ``"tokens"`` or ``"crops"`` (``kontrast.models.dense``)."""
         from ..locate.core import locate
 
-        return locate(self, images, texts, method=method, size=size, **kwargs)
+        if method is not None:
+            kwargs["method"] = method
+        return locate(self, images, texts, size=size, **kwargs)
 
     def get_logits(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits_per_image [N, M], logits_per_text [M, N])`` = ``exp(logit_scale) * cos + logit_bias``."""

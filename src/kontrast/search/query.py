@@ -108,11 +108,12 @@ class Searcher:
             out = self.model.encode_image(x, normalize=True)
         return out.float().cpu().numpy()[0]
 
-    def locate(self, image: Any, texts: Sequence[str], method: str = "maskclip", size: int | None = None,
+    def locate(self, image: Any, texts: Sequence[str], method: str | None = None, size: int | None = None,
                name: str = "image") -> tuple[Image.Image, Any]:
         """``(RGB image, kontrast.locate.Localisation)``: where each text is in one image (path, bytes or PIL image),
         decoded under the gate's limits like an upload; ``size`` defaults to twice the model's image size."""
         from ..locate import locate
+        from ..models.dense import DEFAULT_METHOD
         from ..preprocess import load_image
 
         if not hasattr(self.model, "visual"):
@@ -125,7 +126,8 @@ class Searcher:
                 img = decoded.convert("RGB")  # a copy that outlives the gate's slot
         size = size or 2 * self.model.image_size
         with self._model_lock(), torch.inference_mode():
-            return img, locate(self.model, [img], list(texts), method=method, size=size, tokenizer=self.tokenizer)
+            return img, locate(self.model, [img], list(texts), method=method or DEFAULT_METHOD, size=size,
+                               tokenizer=self.tokenizer)
 
     def query_vector(self, text: str | None = None, image: Any = None,
                      name: str = "upload") -> tuple[np.ndarray, np.ndarray | None]:

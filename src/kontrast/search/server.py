@@ -229,7 +229,7 @@ def create_app(searcher: Searcher, options: ServerOptions | None = None, **chang
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def locate_overlay(item_id: Annotated[int, PathParam(ge=1, le=MAX_ID)],
                        q: Annotated[str, Query(min_length=1, max_length=500, description="text to locate")],
-                       method: Annotated[str, Query(pattern="^(maskclip|tokens|crops)$")] = "maskclip",
+                       method: Annotated[str, Query(pattern="^(clearclip|maskclip|tokens|crops)$")] = "clearclip",
                        size: int = 512) -> Response:
         if size not in THUMB_SIZES:
             raise HTTPException(status_code=422, detail=f"size must be one of {list(THUMB_SIZES)}")
