@@ -69,8 +69,8 @@ def reference_transform(size: int) -> Callable[[str], torch.Tensor]:
         new_wh = (size, new_long) if w <= h else (new_long, size)
         if new_wh != (w, h):
             img = img.resize(new_wh, Image.Resampling.BICUBIC)
-        left = int(round((img.size[0] - size) / 2.0))
-        top = int(round((img.size[1] - size) / 2.0))
+        left = round((img.size[0] - size) / 2.0)
+        top = round((img.size[1] - size) / 2.0)
         img = img.crop((left, top, left + size, top + size)).convert("RGB")
         x = torch.from_numpy(np.array(img, np.uint8, copy=True))  # [H, W, 3]
         x = x.permute(2, 0, 1).contiguous().float().div(255)  # [H, W, 3] -> [3, H, W]

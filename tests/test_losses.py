@@ -33,7 +33,6 @@ def test_clip_loss_matches_hand_computation() -> None:
 
 
 def test_clip_loss_perfect_alignment_is_small_and_symmetric() -> None:
-    img, _ = _features(n=3, d=8)
     eye = torch.eye(3, 8)
     loss = ClipLoss()(eye, eye, torch.tensor(100.0))
     assert loss.item() < 1e-6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -94,7 +95,7 @@ def test_build_csv_and_query(tmp_path, vit, sample):
     hits = searcher.search(image=str(query), k=5)
     assert hits[0].path == str(query) and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
     assert hits[0].caption.startswith("an emoji of a keycap 5") and (hits[0].width, hits[0].height) == (64, 64)
 
     # text -> image scores are cosines between the text embedding and the stored image vectors

@@ -17,9 +17,9 @@ torch.set_num_threads(1)
 
 
 def tiny_cfg(tmp_path: Path, data_dir: Path, **kw) -> TrainConfig:
-    base = dict(model="tiny-ViT", train_data=str(data_dir / "emoji_sample" / "captions.csv"), batch_size=8, steps=2,
-                lr=1e-3, warmup=1, precision="fp32", output=str(tmp_path / "run"), log_every=1, tensorboard=False,
-                threads=1)
+    base = {"model": "tiny-ViT", "train_data": str(data_dir / "emoji_sample" / "captions.csv"), "batch_size": 8, "steps": 2,
+                "lr": 1e-3, "warmup": 1, "precision": "fp32", "output": str(tmp_path / "run"), "log_every": 1, "tensorboard": False,
+                "threads": 1}
     base.update(kw)
     return TrainConfig.from_dict(base)
 
@@ -72,7 +72,7 @@ def test_locked_hf_text_tower_from_local_folder_uses_the_cache(tmp_path: Path, d
     assert len(trainer.text_cache.store) > 0
     import kontrast
 
-    model, _, tokenizer = kontrast.load(tmp_path / "final")  # a local-folder tower is saved with the model
+    model, _, _ = kontrast.load(tmp_path / "final")  # a local-folder tower is saved with the model
     assert torch.allclose(model.text.proj.weight, after["text.proj.weight"].detach())
     assert model.config.text.hf_model == str(bert)
 
@@ -221,7 +221,7 @@ def test_streamed_shards_resume_exactly_through_the_trainer(tmp_path: Path, data
                 info = tarfile.TarInfo(f"k{i:04d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    kw = dict(train_data=str(shard), data_mode="stream", shuffle_buffer=16, steps=4, save_every=2, keep_checkpoints=5)
+    kw = {"train_data": str(shard), "data_mode": "stream", "shuffle_buffer": 16, "steps": 4, "save_every": 2, "keep_checkpoints": 5}
     Trainer(tiny_cfg(tmp_path / "a", data_dir, **kw)).run()
     Trainer(tiny_cfg(tmp_path / "b", data_dir, **kw)).run()
     ckpt = tmp_path / "b" / "run" / "checkpoints" / "step_00000002.pt"

@@ -35,7 +35,6 @@ import struct
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import numpy as np
 import torch
@@ -52,7 +51,7 @@ REDUCING_GAP = 3.0
 #: worst value measured by benchmarks/preprocess.py (0.007). Dense noise-like texture can reach ~0.055.
 FAST_MEAN_ABS_BOUND = 0.02
 
-ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray, memoryview]
+ImageInput = Image.Image | str | os.PathLike | bytes | bytearray | memoryview
 
 #: What Pillow raises for bad image data, and only that: unreadable, truncated or corrupt files, modes or
 #: formats it cannot handle, failed decoders, decompression bombs. Anything else (TypeError, AttributeError,
@@ -174,7 +173,7 @@ def _center_box(w: int, h: int, target_hw: tuple[int, int]) -> tuple[int, int, i
     def start(length: int, crop: int) -> int:
         if crop > length:  # padded by (crop - length) // 2 on the left / top
             return -((crop - length) // 2)
-        return int(round((length - crop) / 2.0))
+        return round((length - crop) / 2.0)
 
     left, top = start(w, tw), start(h, th)
     return left, top, left + tw, top + th
@@ -452,17 +451,17 @@ class TrainTransform:
         for _ in range(10):
             target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=g).item()
             aspect = torch.exp(torch.empty(1).uniform_(log_lo, log_hi, generator=g)).item()
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
             if 0 < w <= width and 0 < h <= height:
                 top = int(torch.randint(0, height - h + 1, (1,), generator=g).item())
                 left = int(torch.randint(0, width - w + 1, (1,), generator=g).item())
                 return top, left, h, w
         in_ratio = width / height  # fallback: the largest center crop within the ratio range
         if in_ratio < self.ratio[0]:
-            w, h = width, int(round(width / self.ratio[0]))
+            w, h = width, round(width / self.ratio[0])
         elif in_ratio > self.ratio[1]:
-            w, h = int(round(height * self.ratio[1])), height
+            w, h = round(height * self.ratio[1]), height
         else:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w

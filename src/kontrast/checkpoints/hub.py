@@ -362,7 +362,7 @@ class _Session:
         try:
             url = self.hf.hf_hub_url(self.repo_id, filename, revision=self.revision)
             etag = self.hf.get_hf_file_metadata(url).etag
-        except Exception as e:  # best effort: verification falls back to the cache blob name
+        except Exception as e:  # noqa: BLE001 (best effort: any hub failure falls back to the cache blob name)
             logger.debug("no hub metadata for %s/%s: %s", self.repo_id, filename, e)
             return None
         etag = (etag or "").strip().strip('"').lower()

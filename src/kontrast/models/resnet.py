@@ -68,7 +68,7 @@ class AttentionPool2d(nn.Module):
         if pos.shape[0] != x.shape[1]:
             from .vit import interpolate_pos_embed
 
-            pos = interpolate_pos_embed(pos, int(round((x.shape[1] - 1) ** 0.5)))
+            pos = interpolate_pos_embed(pos, round((x.shape[1] - 1) ** 0.5))
         return x + pos.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ def interpolate_pos_embed(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
     The class-token row is kept; at the original size the result equals the input exactly.
     """
     cls, grid_pos = pos[:1], pos[1:]
-    old_grid = int(round(math.sqrt(grid_pos.shape[0])))
+    old_grid = round(math.sqrt(grid_pos.shape[0]))
     if old_grid * old_grid != grid_pos.shape[0]:
         raise ValueError(f"position embedding of {pos.shape[0]} rows is not 1 + a square grid")
     if old_grid == new_grid:
@@ -100,7 +100,7 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1)  # [N, 1+g*g, D]
         pos = self.positional_embedding
         if pos.shape[0] != x.shape[1]:  # another input size than the model's: interpolate on the fly
-            pos = interpolate_pos_embed(pos, int(round(math.sqrt(x.shape[1] - 1))))
+            pos = interpolate_pos_embed(pos, round(math.sqrt(x.shape[1] - 1)))
         x = x + pos.to(x.dtype)
         return self.ln_pre(x)
 

@@ -87,7 +87,7 @@ def _kind(name: str) -> str:
     """The base type of a field from its annotation: bool, int, float, tuple, str, list or dict."""
     annotation = str(FIELDS[name].type)
     for kind in ("bool", "tuple", "dict", "list", "float", "int", "str"):
-        if annotation.startswith(kind) or annotation.startswith(f"{kind}[") or f"| {kind}" in annotation:
+        if annotation.startswith((kind, f"{kind}[")) or f"| {kind}" in annotation:
             return kind
     return "any"
 
