@@ -13,6 +13,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..record import ModelRecord
 from .layers import Transformer, check_feature_output, hidden_state_index, tracing
+from .locating import LocateMixin
 from .resnet import ModifiedResNet
 from .vit import VisionTransformer
 
@@ -35,7 +36,7 @@ def build_visual(cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"no image tower of kind {v.kind!r}")
 
 
-class CLIP(nn.Module):
+class CLIP(LocateMixin, nn.Module):
     """``encode_image`` / ``encode_text`` give unnormalised embeddings; ``forward`` gives open_clip's triple.
 
     ``record`` (``kontrast.record.ModelRecord``) says what the model is: ``config`` (the architecture) is
@@ -171,17 +172,6 @@ class CLIP(nn.Module):
             x = self.transformer.forward_pooled(x, index, causal=causal)  # [N, L, W] -> [N, W] at the pooled rows
             features = self.ln_final(x) @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features
-
-    def locate(self, images, texts, method: str | None = None, size: int | None = None, **kwargs):
-        """Where each text is in each image: similarity maps over the patch grid ``[N, T, gh, gw]`` and at the input's
-        pixels ``[N, T, H, W]`` (a ``kontrast.locate.Localisation``). ``images``: pixels ``[N, 3, H, W]``, or images /
-        paths preprocessed with this model's record at ``size``; ``texts``: strings, token ids or text features.
-        ``method``: ``"clearclip"`` (default), ``"maskclip"``, ``"tokens"`` or ``"crops"`` (``kontrast.models.dense``)."""
-        from ..locate.core import locate
-
-        if method is not None:
-            kwargs["method"] = method
-        return locate(self, images, texts, size=size, **kwargs)
 
     def text_features(self, ids: torch.Tensor, output: str = "tokens", layer: int = -1) -> torch.Tensor | tuple:
         """Per-token text features ``[N, L, W]``, indexed as Hugging Face's ``CLIPTextModel`` ``hidden_states``.

@@ -33,6 +33,7 @@ from .layers import (
     make_activation,
     tracing,
 )
+from .locating import LocateMixin
 
 
 def mlp_ratio_for(hidden: int, width: int) -> float:
@@ -312,7 +313,7 @@ class SigLIPConfig:
                              f"not embed_dim {self.embed_dim}")
 
 
-class SigLIP(nn.Module):
+class SigLIP(LocateMixin, nn.Module):
     """SigLIP model: ``visual`` and ``text`` towers, ``logit_scale`` (log space) and ``logit_bias``.
 
     Probabilities are ``sigmoid(exp(logit_scale) * cos + logit_bias)`` per (image, text) pair, not a softmax.
@@ -369,17 +370,6 @@ class SigLIP(nn.Module):
             return self.text.forward_features(ids, output, layer)
         features = self.text(ids)
         return F.normalize(features, dim=-1) if normalize else features
-
-    def locate(self, images, texts, method: str | None = None, size: int | None = None, **kwargs):
-        """Where each text is in each image: similarity maps over the patch grid ``[N, T, gh, gw]`` and at the input's
-        pixels ``[N, T, H, W]`` (a ``kontrast.locate.Localisation``). ``images``: pixels ``[N, 3, H, W]``, or images /
-        paths preprocessed with this model's record at ``size``; ``texts``: strings, token ids or text features.
-        ``method``: ``"clearclip"`` (default), ``"maskclip"``, ``"tokens"`` or ``"crops"`` (``kontrast.models.dense``)."""
-        from ..locate.core import locate
-
-        if method is not None:
-            kwargs["method"] = method
-        return locate(self, images, texts, size=size, **kwargs)
 
     def get_logits(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits_per_image [N, M], logits_per_text [M, N])`` = ``exp(logit_scale) * cos + logit_bias``."""
