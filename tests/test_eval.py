@@ -334,3 +334,40 @@ def test_model_object_is_evaluated_with_its_own_preprocessing(tmp_path, monkeypa
     data = _folder(tmp_path / "colors", per_class=1)
     evaluate("zeroshot", model, data, ZeroShotOptions(templates="{}"), run=RunOptions(use_cache=False))
     assert seen == [repr(preprocess)] and "mean=(0.5, 0.5, 0.5)" in seen[0] and "squash" in seen[0]
+
+
+# ---- long captions -------------------------------------------------------------------------------------
+LONG_CAPTION = "a red square " + " ".join(f"with detail number {i}" for i in range(40))  # > 77 tokens
+
+
+def test_long_text_average_reaches_eval_features_and_cache(clip, tmp_path):
+    """``--long-text average`` (RunOptions.long_text) embeds long captions by window averaging, and the
+    feature cache keeps the two modes apart."""
+    from kontrast.text_features import LongTextWarning, encode_texts
+
+    model, _, tok = clip
+    with pytest.warns(LongTextWarning):
+        cut = features.text_features(model, tok, [LONG_CAPTION], cache_dir=tmp_path / "c")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LongTextWarning)
+        avg = features.text_features(model, tok, [LONG_CAPTION], cache_dir=tmp_path / "c", long_text="average")
+    want = encode_texts(model, tok, [LONG_CAPTION], long_text="average").float().numpy()
+    want /= ((want**2).sum(-1, keepdims=True)) ** 0.5
+    assert abs(avg - want).max() < 1e-5
+    assert abs(avg - cut).max() > 1e-3  # a cached truncated embedding was not served for "average"
+
+
+def test_cli_eval_long_text_flag(tmp_path, fixtures_dir, capsys, recwarn):
+    path = _csv(tmp_path, [f"red.png,{LONG_CAPTION}", "green.png,a green square", "blue.png,a blue square"],
+                header="filepath,caption")
+    argv = ["eval", "--model", str(fixtures_dir / "openai_vit.pt"), "--data", str(path), "--task", "retrieval",
+            "--workers", "0", "--recall-k", "1", "--out", str(tmp_path / "out")]
+    code, _, _ = _cli([*argv, "--long-text", "average"], capsys)
+    assert code == 0
+    from kontrast.text_features import LongTextWarning
+
+    assert not [w for w in recwarn if issubclass(w.category, LongTextWarning)]
+    code, _, _ = _cli([*argv, "--long-text", "truncate", "--overwrite"], capsys)
+    assert code == 0 and [w for w in recwarn if issubclass(w.category, LongTextWarning)]

@@ -119,6 +119,9 @@ def register(subparsers) -> None:
         "--cache-dir", help="feature cache (default: $KONTRAST_CACHE/features or ~/.cache/kontrast/features)"
     )
     p.add_argument("--no-cache", action="store_true", help="recompute features and do not write the cache")
+    p.add_argument("--long-text", choices=["truncate", "average"], default="truncate",
+                   help="captions and prompts over the context length: cut them (with a warning) or average "
+                   "the embeddings of overlapping windows")
     p.set_defaults(func=run)
 
     r = subparsers.add_parser(
@@ -244,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = Path("kontrast-eval") / "benchmark"
     bars = _Bars()
-    options = RunOptions(args.cache_dir, not args.no_cache, args.batch_size, args.workers, bars)
+    options = RunOptions(args.cache_dir, not args.no_cache, args.batch_size, args.workers, bars, args.long_text)
 
     def load(name: str, pretrained: str | None = None):
         from .common import load_model

@@ -148,6 +148,7 @@ def run_zeroshot(
     use_cache: bool = True,
     progress: Callable[[int], None] | None = None,
     out_dir: Path | None = None,
+    long_text: str = "truncate",
 ) -> tuple[dict, dict, dict]:
     """``(metrics, details, CLIP_benchmark metrics)`` of ``dataset``; draws the confusion matrix into ``out_dir``.
 
@@ -170,6 +171,7 @@ def run_zeroshot(
         cache_dir=classifier_cache_dir,
         progress=progress,
         cache=use_cache,
+        long_text=long_text,
     )
     image = torch.from_numpy(features.image[rows]).float()
     scores = (image @ classifier.float().cpu().T).numpy()  # [N, C] cosine similarities

@@ -250,12 +250,14 @@ def text_features(
     use_cache: bool = True,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    long_text: str = "truncate",
 ) -> np.ndarray:
-    """Normalised text features [M, D] of ``texts`` (cached by model fingerprint + the texts)."""
+    """Normalised text features [M, D] of ``texts`` (cached by model fingerprint, the texts and ``long_text``)."""
     from ..record import fingerprint
     from ..text_features import encode_texts
 
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, fingerprint(model)]).encode())
+    key = [CACHE_VERSION, fingerprint(model)] + ([long_text] if long_text != "truncate" else [])  # old keys stay valid
+    h = hashlib.sha256(json.dumps(key).encode())
     for text in texts:
         h.update(text.encode("utf-8") + b"\0")
     path = (
@@ -266,7 +268,7 @@ def text_features(
         if z is not None and len(z["text"]) == len(texts):
             return z["text"]
     if texts:
-        emb = encode_texts(model, tokenizer, list(texts), batch_size=batch_size, progress=progress)
+        emb = encode_texts(model, tokenizer, list(texts), long_text=long_text, batch_size=batch_size, progress=progress)
         out = _normalise(emb.float().cpu().numpy())
     else:
         out = np.zeros((0, model.embed_dim), np.float32)

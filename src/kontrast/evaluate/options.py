@@ -38,6 +38,7 @@ class RunOptions:
     batch_size: int = 64  # images per forward pass
     workers: int = 0  # DataLoader worker processes that decode images
     progress: Progress | None = None  # progress(stage, n): images / prompts / captions embedded
+    long_text: str = "truncate"  # texts over the context: cut (and warn) or "average" overlapping windows
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def run_retrieval(
     progress: Callable[[int], None] | None = None,
     out_dir: Path | None = None,
     recall_k: Sequence[int] = RECALL_KS,
+    long_text: str = "truncate",
 ) -> tuple[dict, dict, dict]:
     """``(metrics, details, CLIP_benchmark metrics)`` of ``dataset``; draws the recall@k curves into ``out_dir``.
 
@@ -74,7 +75,8 @@ def run_retrieval(
             len(features.captions),
             dataset.spec,
         )
-    txt = text_features(model, tokenizer, texts, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    txt = text_features(model, tokenizer, texts, cache_dir=cache_dir, use_cache=use_cache, progress=progress,
+                        long_text=long_text)
     metrics, ranks = M.retrieval_metrics(features.image, txt, text_images, recall_k)
     row_of_text = {t: i for i, t in enumerate(texts)}
     caption_rows = [row_of_text[c] for caps in features.captions for c in caps]  # every caption, unmerged

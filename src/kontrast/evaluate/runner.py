@@ -167,6 +167,7 @@ def _zeroshot(ctx: _Context, data: Data, opts: ZeroShotOptions, out: Path | None
         ctx.run.use_cache,
         ctx.progress("prompts"),
         out,
+        long_text=ctx.run.long_text,
     )
     details["n_skipped_images"] = feats.skipped
     return {"dataset": dataset.describe(), "metrics": metrics, "details": details, "cb_metrics": cb_metrics}
@@ -185,6 +186,7 @@ def _retrieval(ctx: _Context, data: Data, opts: RetrievalOptions, out: Path | No
         ctx.progress("captions"),
         out,
         opts.recall_k,
+        long_text=ctx.run.long_text,
     )
     details["n_skipped_images"] = feats.skipped
     return {"dataset": dataset.describe(), "metrics": metrics, "details": details, "cb_metrics": cb_metrics}
