@@ -1,4 +1,5 @@
-"""``kontrast serve INDEX``: the search HTTP API and web page (FastAPI + uvicorn), on loopback by default.
+"""``kontrast serve INDEX [NAME=INDEX ...]``: the search HTTP API and web page (FastAPI + uvicorn), on loopback by
+default, with clip-retrieval's back-end routes (``/knn-service``, ``/metadata``, ``/indices-list``).
 
 Flags are checked and the port is bound BEFORE the model is loaded, so a bad port, a port in use or a
 missing token fails in one line at once. Anything not on loopback needs an access token
@@ -27,7 +28,9 @@ def register(subparsers) -> None:
                               "web page at /. Binds 127.0.0.1 unless --host says otherwise; any other address needs "
                               f"an access token (--auth-token or ${TOKEN_ENV}). --model defaults to the model "
                               "recorded in the index.")
-    p.add_argument("index", metavar="INDEX", help="index folder built by 'kontrast index'")
+    p.add_argument("index", metavar="INDEX", nargs="+",
+                   help="index folder built by 'kontrast index', or NAME=FOLDER (several: one server, named indexes; "
+                   "the name defaults to the folder's name; the first is the default of kontrast's own routes)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--auth-token", default=None, metavar="TOKEN",
@@ -45,8 +48,47 @@ def register(subparsers) -> None:
     p.add_argument("--faiss-threads", type=int, default=1,
                    help="OpenMP threads per FAISS query (1: concurrent requests run side by side; measured faster "
                    "than sharing all cores per query, see benchmarks/search.py)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:1235) read responses (repeatable; default: "
+                   "no CORS headers)")
+    p.add_argument("--allow-image-urls", action="append", default=[], metavar="HOST[,HOST...]",
+                   help="let /knn-service fetch 'image_url' from these hosts ('*': any), public addresses only "
+                   "(default: never fetch URLs)")
+    p.add_argument("--clip-front", action="store_true",
+                   help="serve clip-retrieval's web front end (pip package clip-retrieval) at /clip-front/, "
+                   "pointed at this server")
+    p.add_argument("--max-knn-images", type=int, default=1000,
+                   help="most results with metadata and image per /knn-service request (num_images)")
     add_model_args(p)
     p.set_defaults(model=None, func=run)
+
+
+def parse_index_args(values: list[str]) -> list[tuple[str, str]]:
+    """``["a", "web=b/c"]`` -> ``[("a", "a"), ("web", "b/c")]``; names from folder names; one-line errors."""
+    from pathlib import Path
+
+    from ..errors import KontrastError
+    from ..search.server import INDEX_NAME_RE, default_index_name
+
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or "/" in name or not name:
+            name, folder = default_index_name(value), value
+            if not INDEX_NAME_RE.match(name):
+                raise KontrastError(f"index folder {value}: its name {name!r} cannot name an index (A-Z a-z 0-9 . _ -); "
+                                    "give NAME=FOLDER")
+        elif not INDEX_NAME_RE.match(name):
+            raise KontrastError(f"{value}: index name {name!r} must be 1-100 of A-Z a-z 0-9 . _ - (starting with a "
+                                "letter or digit)")
+        if not Path(folder).is_dir():
+            raise KontrastError(f"index folder {folder} does not exist; build it with: kontrast index PATH --index {folder}")
+        for other, other_folder in pairs:
+            if other == name:
+                raise KontrastError(f"two indexes are named {name!r} ({other_folder} and {folder}); name them apart "
+                                    "with NAME=FOLDER")
+        pairs.append((name, folder))
+    return pairs
 
 
 def is_loopback(host: str) -> bool:
@@ -90,6 +132,25 @@ def resolve_access(host: str, token: str | None, extra_hosts: list[str]) -> tupl
     return token, allowed
 
 
+def check_origin(origin: str) -> str:
+    """A CORS origin as browsers send it (``scheme://host[:port]``, no path), or ``*``; ``KontrastError`` otherwise."""
+    from urllib.parse import urlsplit
+
+    from ..errors import KontrastError
+
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
+        raise KontrastError(f"--cors-origin {origin!r}: give an origin such as http://localhost:1235 (scheme, host and "
+                            "port; no path)")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``; ``KontrastError`` (one line) when that is impossible."""
     from ..errors import KontrastError
@@ -122,12 +183,22 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import KontrastError
 
     for flag, value, low in (("--max-decodes", args.max_decodes, 1), ("--max-image-pixels", args.max_image_pixels, 1),
-                             ("--max-connections", args.max_connections, 1), ("--faiss-threads", args.faiss_threads, 1)):
+                             ("--max-connections", args.max_connections, 1), ("--faiss-threads", args.faiss_threads, 1),
+                             ("--max-knn-images", args.max_knn_images, 1)):
         if value < low:
             raise KontrastError(f"{flag} {value}: give a number >= {low}")
     if args.max_upload_mb <= 0:
         raise KontrastError(f"--max-upload-mb {args.max_upload_mb}: give a positive number")
     token, allowed = resolve_access(args.host, args.auth_token, args.allowed_host)
+    args.indexes = parse_index_args(args.index)
+    args.cors_origin = [check_origin(o) for o in args.cors_origin]
+    from ..search.fetch import parse_allow_list
+
+    args.image_url_hosts = parse_allow_list(args.allow_image_urls)
+    if args.clip_front:
+        from ..search.clip_retrieval_api import front_build_dir
+
+        args.clip_front_dir = str(front_build_dir())
     sock = bind(args.host, args.port)  # before the model loads: a wrong port fails at once
     try:
         return _serve(args, sock, token, allowed)
@@ -140,23 +211,27 @@ def _serve(args: argparse.Namespace, sock: socket.socket, token: str | None, all
     import uvicorn
 
     from ..search.decode import return_large_allocations
-    from ..search.query import Searcher
+    from ..search.query import open_searchers
     from ..search.server import ServerOptions, create_app, uvicorn_config
 
     faiss.omp_set_num_threads(max(1, args.faiss_threads))
     return_large_allocations()  # decoded pictures go back to the system when freed (search/decode.py)
-    searcher = Searcher.open(args.index, model=args.model, pretrained=args.pretrained, device=args.device,
-                             precision=args.precision, backend=getattr(args, "backend", "torch"),
-                             lock=not args.no_model_lock)
+    searchers = open_searchers(args.indexes, model=args.model, pretrained=args.pretrained, device=args.device,
+                               precision=args.precision, backend=getattr(args, "backend", "torch"),
+                               lock=not args.no_model_lock)
     options = ServerOptions(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=allowed,
-                            auth_token=token, max_decodes=args.max_decodes, max_image_pixels=args.max_image_pixels)
-    app = create_app(searcher, options)
+                            auth_token=token, max_decodes=args.max_decodes, max_image_pixels=args.max_image_pixels,
+                            cors_origins=tuple(args.cors_origin), image_url_hosts=args.image_url_hosts,
+                            knn_max_images=args.max_knn_images, clip_front=getattr(args, "clip_front_dir", None))
+    app = create_app(searchers, options)
     port = sock.getsockname()[1]
     shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
     if not is_loopback(args.host):
         print(f"kontrast serve: listening on {args.host}: requests need the access token "
               f"('Authorization: Bearer TOKEN', or open http://{shown}:{port}/?token=TOKEN once)")
-    print(f"kontrast serve: http://{shown}:{port}/  (API docs at /docs)", flush=True)
+    print(f"kontrast serve: http://{shown}:{port}/  (API docs at /docs; indexes: {', '.join(searchers)})", flush=True)
+    if args.clip_front:
+        print(f"kontrast serve: clip-retrieval front end at http://{shown}:{port}/clip-front/", flush=True)
     server = uvicorn.Server(uvicorn_config(app, max_connections=args.max_connections))
     server.run(sockets=[sock])
     return 0

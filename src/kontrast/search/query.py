@@ -13,6 +13,7 @@ two-class zero-shot decision; an image-only query has no text to compare with an
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,7 @@ class Searcher:
 
         index.check_model(fingerprint(model), spec)
         self.index, self.model, self.preprocess, self.tokenizer = index, model, preprocess, tokenizer
+        self.spec = spec
         self.gate = gate  # bounds concurrent decodes and pixels (the server sets one; see decode.py)
         self.model.eval()
         self._lock = threading.Lock() if lock else None
@@ -73,6 +75,13 @@ class Searcher:
             raise KontrastError(f"index {folder} records no model; pass --model")
         m, preprocess, tokenizer = load(spec, pretrained=pretrained, device=device, precision=precision, backend=backend)
         return cls(index, m, preprocess, tokenizer, spec, lock=lock)
+
+    def with_index(self, index: SearchIndex) -> Searcher:
+        """A searcher over another index built with the same model, sharing this one's model, lock and gate."""
+        index.check_model(self.index.model_fingerprint, self.spec)
+        other = copy.copy(self)
+        other.index = index
+        return other
 
     def _model_lock(self):
         return self._lock if self._lock is not None else contextlib.nullcontext()
@@ -237,3 +246,26 @@ class Searcher:
         out = [{"label": label, "score": round(float(s), 6), "prob": round(float(p), 6)}
                for label, s, p in zip(labels, sims, probs)]
         return sorted(out, key=lambda d: -d["prob"])
+
+
+def open_searchers(folders: Sequence[tuple[str, str]], model: str | None = None, pretrained: str | None = None,
+                   device: str = "cpu", precision: str = "fp32", lock: bool = True,
+                   backend: str = "torch") -> dict[str, Searcher]:
+    """``{name: Searcher}`` for ``(name, folder)`` pairs; indexes built with the same model (fingerprint) share one
+    loaded model and its lock. ``model`` (default: each index's recorded spec) is checked against every index."""
+    out: dict[str, Searcher] = {}
+    by_fingerprint: dict[str, Searcher] = {}
+    for name, folder in folders:
+        if name in out:
+            raise KontrastError(f"two indexes are named {name!r}; name them apart with NAME=PATH")
+        index = SearchIndex(folder)
+        first = by_fingerprint.get(index.model_fingerprint)
+        if first is None:
+            index.close()
+            first = Searcher.open(folder, model=model, pretrained=pretrained, device=device, precision=precision,
+                                  lock=lock, backend=backend)
+            by_fingerprint[first.index.model_fingerprint] = first
+            out[name] = first
+        else:
+            out[name] = first.with_index(index)
+    return out
