@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kontrast.cli import main
 from kontrast.errors import KontrastError
 from kontrast.search.embedding_sources import (
     EmbeddingShard,
@@ -17,6 +21,7 @@ from kontrast.search.embedding_sources import (
     detect_layout,
     iter_embedding_shards,
 )
+from kontrast.search.index import SearchIndex
 
 DIM = 16
 
@@ -84,3 +89,211 @@ def test_reader_refuses_a_folder_in_neither_layout(tmp_path):
     assert str(tmp_path / "stuff") in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(KontrastError, match="not a folder"):
         detect_layout(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------------- embed -> index round trips
+N_IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def collection(data_dir, tmp_path_factory) -> Path:
+    """A CSV of 8 emoji images with captions (filepath,caption), the images next to it."""
+    src = data_dir / "emoji_sample"
+    with open(src / "captions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:N_IMAGES]
+    root = tmp_path_factory.mktemp("collection")
+    for r in rows:
+        shutil.copy2(src / r["filepath"], root / r["filepath"])
+    with open(root / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["filepath", "caption"])
+        w.writerows([[str(root / r["filepath"]), r["caption"]] for r in rows])
+    return root / "captions.csv"
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+QUERIES = [("a flag",), ("a keycap with a number",), ("a flag", "--captions")]
+
+
+def _search(capsys, index: Path, *query: str, k: int = N_IMAGES) -> list[dict]:
+    rc, out, err = _cli(capsys, "search", str(index), *query, "--json", "-k", str(k))
+    assert rc == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def direct_index(collection, tmp_path_factory) -> Path:
+    """The reference: an index built from the images themselves."""
+    folder = tmp_path_factory.mktemp("direct") / "index"
+    assert main(["index", str(collection), "--index", str(folder), "--workers", "0", "--no-progress"]) == 0
+    return folder
+
+
+def _same_results(capsys, got_index: Path, ref_index: Path) -> None:
+    for query in QUERIES:
+        got, ref = _search(capsys, got_index, *query), _search(capsys, ref_index, *query)
+        assert len(got) == len(ref) > 0
+        for g, r in zip(got, ref, strict=True):
+            assert (g["rank"], g["id"], g["path"], g["caption"], g["width"], g["height"]) == \
+                   (r["rank"], r["id"], r["path"], r["caption"], r["width"], r["height"])
+            assert abs(g["score"] - r["score"]) < 1e-3
+
+
+def test_embed_layout_clip_retrieval_writes_clip_retrievals_files(collection, tmp_path, capsys):
+    emb = tmp_path / "emb"
+    rc, _, err = _cli(capsys, "embed", str(collection), "--out", str(emb), "--layout", "clip-retrieval", "--text",
+                      "--no-progress")
+    assert rc == 0, err
+    assert sorted(p.relative_to(emb).as_posix() for p in emb.rglob("*") if p.parent != emb / "units") == [
+        "img_emb", "img_emb/img_emb_0.npy", "manifest.json", "metadata", "metadata/metadata_0.parquet",
+        "skipped.jsonl", "text_emb", "text_emb/text_emb_0.npy", "units"]
+    image, text = np.load(emb / "img_emb" / "img_emb_0.npy"), np.load(emb / "text_emb" / "text_emb_0.npy")
+    assert image.dtype == text.dtype == np.float16 and image.shape == text.shape and image.shape[0] == N_IMAGES
+    np.testing.assert_allclose(np.linalg.norm(image.astype(np.float32), axis=1), 1, atol=2e-3)
+    table = pq.read_table(emb / "metadata" / "metadata_0.parquet")
+    assert table.column_names[:2] == ["image_path", "caption"]  # clip-retrieval's column names, first
+    rows = table.to_pylist()
+    with open(collection, newline="", encoding="utf-8") as f:
+        want = [(r["filepath"], r["caption"]) for r in csv.DictReader(f)]
+    assert [(r["image_path"], r["caption"]) for r in rows] == want
+    # resumable like kontrast's layout: a rerun has nothing to do, another layout in the same folder is refused
+    rc, _, err = _cli(capsys, "embed", str(collection), "--out", str(emb), "--layout", "clip-retrieval", "--text",
+                      "--no-progress")
+    assert rc == 0 and "nothing to do" in err
+    rc, _, err = _cli(capsys, "embed", str(collection), "--out", str(emb), "--text", "--no-progress")
+    assert rc == 2 and "--layout clip-retrieval" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("layout", ["clip-retrieval", "kontrast"])
+def test_index_from_embeddings_equals_index_from_images(layout, collection, direct_index, tmp_path, capsys):
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    rc, _, err = _cli(capsys, "embed", str(collection), "--out", str(emb), "--layout", layout, "--text",
+                      "--no-progress")
+    assert rc == 0, err
+    rc, out, err = _cli(capsys, "index", "--from-embeddings", str(emb), "--index", str(index), "--no-progress")
+    assert rc == 0, err
+    assert f"{N_IMAGES} items, {N_IMAGES} image vectors, {N_IMAGES} captions" in out
+    _same_results(capsys, index, direct_index)
+    # the model comes from the manifest: no --model needed to search, and a rerun has nothing to import
+    assert SearchIndex(index).model_fingerprint == SearchIndex(direct_index).model_fingerprint
+    rc, out, _ = _cli(capsys, "index", "--from-embeddings", str(emb), "--index", str(index), "--no-progress")
+    assert rc == 0 and "0 shards imported, 1 unchanged" in out and "+0 rows" in out
+
+
+# ------------------------------------------------------------------ clip-retrieval folders made elsewhere
+@pytest.fixture(scope="module")
+def dim() -> int:
+    import kontrast
+
+    return int(kontrast.load("default")[0].embed_dim)
+
+
+def _rows(index: Path) -> list[dict]:
+    store = SearchIndex(index).store
+    ids = [r[0] for r in store.db.execute("SELECT id FROM items ORDER BY id")]
+    rows = store.rows(ids)
+    return [rows[i] for i in ids]
+
+
+def test_clip_retrieval_folder_imports_with_url_and_caption(dim, tmp_path, capsys):
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    want = write_clip_retrieval(emb, [5, 4, 3], dim=dim)
+    rc, _, err = _cli(capsys, "index", "--from-embeddings", str(emb), "--index", str(index), "--no-progress")
+    assert rc == 2 and "--model" in err and len(err.strip().splitlines()) == 1  # its model is not recorded
+    rc, out, err = _cli(capsys, "index", "--from-embeddings", str(emb), "--index", str(index), "--model", "default",
+                        "--no-progress")
+    assert rc == 0, err
+    assert "3 shards imported" in out and "12 items, 12 image vectors, 12 captions" in out
+    rows = _rows(index)
+    assert [(r["path"], r["caption"], r["meta"]) for r in rows] == [
+        (w["image_path"], w["caption"], {"url": w["url"], "similarity": w["similarity"]}) for w in want]
+    # a text query ranks the stored vectors (renormalised float32) exactly as numpy does
+    images = np.concatenate([np.load(emb / "img_emb" / f"img_emb_{i:02d}.npy") for i in range(3)]).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    hits = _search(capsys, index, "a red bicycle")
+    import kontrast
+
+    model, _, tokenizer = kontrast.load("default")
+    query = model.encode_text(tokenizer(["a red bicycle"]), normalize=True).detach().numpy()[0]
+    order = np.argsort(-(images @ query), kind="stable")
+    assert [h["path"] for h in hits[:5]] == [want[i]["image_path"] for i in order[:5]]
+    np.testing.assert_allclose([h["score"] for h in hits[:5]], (images @ query)[order[:5]], atol=1e-5)
+
+
+def test_clip_retrieval_folder_of_another_dimension_is_refused(dim, tmp_path, capsys):
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    write_clip_retrieval(emb, [3], dim=dim // 2)
+    rc, _, err = _cli(capsys, "index", "--from-embeddings", str(emb), "--index", str(index), "--model", "default",
+                      "--no-progress")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"dimension {dim // 2}" in err and str(dim) in err and str(emb) in err
+    assert not (index / "index.sqlite").exists()
+    rc, _, err = _cli(capsys, "index", "--from-embeddings", str(tmp_path), "--index", str(index), "--no-progress")
+    assert rc == 2 and "neither" in err and len(err.strip().splitlines()) == 1
+
+
+def test_broken_shard_is_skipped_with_a_count_and_read_again_once_repaired(dim, tmp_path, capsys):
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    want = write_clip_retrieval(emb, [4, 4, 4], dim=dim)
+    good_meta = (emb / "metadata" / "metadata_01.parquet").read_bytes()
+    (emb / "metadata" / "metadata_01.parquet").write_bytes(b"PAR1 cut short")
+    bad = np.load(emb / "img_emb" / "img_emb_02.npy")
+    bad[1] = np.nan
+    np.save(emb / "img_emb" / "img_emb_02.npy", bad)
+    args = ("index", "--from-embeddings", str(emb), "--index", str(index), "--model", "default", "--no-progress")
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 1 and "could not be read" in err  # the unreadable shard is not marked done
+    assert "2 shards imported" in out and "1 skipped" in out and "+7 rows" in out and "5 rows skipped" in out
+    assert [r["path"] for r in _rows(index)] == [w["image_path"] for w in want[:4] + want[8:9] + want[10:]]
+    (emb / "metadata" / "metadata_01.parquet").write_bytes(good_meta)
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 0, err
+    assert "1 shards imported, 2 unchanged" in out and "+4 rows" in out
+    assert sorted(r["path"] for r in _rows(index)) == sorted(w["image_path"] for i, w in enumerate(want) if i != 9)
+
+
+def test_rerun_after_a_crash_skips_finished_shards(dim, tmp_path, capsys, monkeypatch):
+    from kontrast.search import import_embeddings as imp
+
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    want = write_clip_retrieval(emb, [3, 3, 3, 3], dim=dim)
+    calls = {"n": 0}
+    real = imp.to_blob
+
+    def dies_in_the_third_shard(vector):
+        calls["n"] += 1
+        if calls["n"] == 2 * 6 + 3:  # image + text blob per row: shards 0 and 1 done, then 1.5 rows of shard 2
+            raise RuntimeError("killed")
+        return real(vector)
+
+    monkeypatch.setattr(imp, "to_blob", dies_in_the_third_shard)
+    args = ("index", "--from-embeddings", str(emb), "--index", str(index), "--model", "default", "--no-progress")
+    with pytest.raises(RuntimeError, match="killed"):
+        main(list(args))
+    assert [r["path"] for r in _rows(index)] == [w["image_path"] for w in want[:6]]  # shard 2 rolled back whole
+    monkeypatch.setattr(imp, "to_blob", real)
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 0, err
+    assert "2 shards imported, 2 unchanged" in out and "+6 rows" in out
+    rows = _rows(index)
+    assert [r["path"] for r in rows] == [w["image_path"] for w in want]
+    assert len({r["id"] for r in rows}) == 12
+    searcher_ids = {h["id"] for h in _search(capsys, index, "anything", k=50)}
+    assert searcher_ids == {r["id"] for r in rows}  # FAISS holds each row once, no stale id
+    # a shard rewritten in place is imported again; a shard removed from the folder takes its rows along
+    rows3 = [{**w, "caption": w["caption"] + " (edited)"} for w in want[9:]]
+    pq.write_table(pa.Table.from_pylist(rows3), emb / "metadata" / "metadata_03.parquet")
+    for sub, name in (("img_emb", "img_emb_00.npy"), ("text_emb", "text_emb_00.npy"),
+                      ("metadata", "metadata_00.parquet")):
+        (emb / sub / name).unlink()
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 0, err
+    assert "1 shards imported, 2 unchanged" in out and "+3 rows, 6 removed" in out
+    assert [(r["path"], r["caption"]) for r in _rows(index)] == \
+           [(w["image_path"], w["caption"]) for w in want[3:9]] + [(w["image_path"], w["caption"]) for w in rows3]

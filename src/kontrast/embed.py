@@ -12,6 +12,10 @@ Layout of an output folder (``unit-000007`` is the 8th unit of the source: a sha
     skipped.jsonl               all skipped records in unit order (written when the job completes); a record
                                 embedded without its caption (not UTF-8, unreadable) has ``"part": "caption"``
 
+``layout="clip-retrieval"`` (``kontrast embed --layout clip-retrieval``) writes the embeddings and metadata in
+the layout of ``clip-retrieval inference`` instead (``img_emb/img_emb_7.npy``, ``text_emb/``, ``metadata/``;
+see ``embed_clip_retrieval``), with the manifest at the top and the markers and skipped lists in ``units/``.
+
 A unit that could not be read whole (a damaged shard: corrupt headers, cut short; see ``data.sources``)
 gets no files and no ``done.json``: the run reports what was lost (``EmbedReport.damaged``), the job stays
 incomplete, and a rerun reads the unit again (after the shard is repaired, completely).
@@ -38,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import embed_clip_retrieval as cr
 from .data.sources import CsvSource, FolderSource, Source, expand_paths, open_source, split_units
 from .errors import KontrastError
 
@@ -182,7 +187,12 @@ class EmbedJob:
     def __init__(self, model: torch.nn.Module, preprocess: Callable, source: str | os.PathLike | Sequence[str],
                  out_dir: str | os.PathLike, *, tokenizer: Callable | None = None, model_name: str | None = None,
                  batch_size: int = 64, workers: int = 0, dtype: str = "float16", rank: int = 0, world_size: int = 1,
-                 barrier: Callable[[], None] | None = None, follow_symlinks: bool = False) -> None:
+                 barrier: Callable[[], None] | None = None, follow_symlinks: bool = False,
+                 layout: str = "kontrast", pretrained: str | None = None) -> None:
+        if layout not in cr.LAYOUTS:
+            raise KontrastError(f"layout {layout!r} is not one of: {', '.join(cr.LAYOUTS)}")
+        if layout == "clip-retrieval":
+            cr.require_pyarrow()
         if dtype not in DTYPES:
             raise KontrastError(f"dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
         if batch_size < 1 or workers < 0:
@@ -193,6 +203,9 @@ class EmbedJob:
         self.out = Path(out_dir).expanduser()
         self.spec = [os.fspath(source)] if isinstance(source, (str, os.PathLike)) else [os.fspath(s) for s in source]
         self.model_name = model_name or getattr(model, "checkpoint_path", None) or model.config.name
+        self.pretrained = pretrained  # the --pretrained tag of an architecture name (recorded for 'index')
+        self.layout = layout
+        self.marks = self.out if layout == "kontrast" else self.out / "units"  # done markers, skipped lists
         self.batch_size, self.workers, self.dtype = batch_size, workers, dtype
         self.rank, self.world_size, self.barrier = rank, world_size, barrier
         self.follow_symlinks = follow_symlinks  # read symlinks leading out of a folder source (data.sources)
@@ -215,7 +228,8 @@ class EmbedJob:
         self.manifest = {
             "format": FORMAT, "version": 1, "kontrast_version": __version__, "status": "running",
             "model": {"name": str(self.model_name), "fingerprint": fingerprint(self.model),
-                      "architecture": self.model.config.name},
+                      "architecture": self.model.config.name, "pretrained": self.pretrained},
+            "layout": self.layout,
             "source": {"spec": self.spec, "paths": paths, "kind": self.source.kind, "units": names},
             "dtype": self.dtype, "dim": int(self.model.embed_dim), "normalized": True,
             "text": self.tokenizer is not None,
@@ -225,14 +239,17 @@ class EmbedJob:
         path = self.out / MANIFEST
         if path.is_file():
             self._check_resume(_read_json(path))
-        elif self.out.is_dir() and any(self.out.glob("unit-*")):
+        elif self.out.is_dir() and (any(self.out.glob("unit-*")) or (self.out / "img_emb").is_dir()):
             raise KontrastError(f"{self.out} holds unit files but no {MANIFEST}; use an empty or new --out folder")
         mine = split_units(list(range(len(self.units))), self.rank, self.world_size)
-        self.pending = [i for i in mine if not (self.out / f"{unit_stem(i)}.done.json").is_file()]
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.pending = [i for i in mine if not self._done(i).is_file()]
+        self.marks.mkdir(parents=True, exist_ok=True)
         for i in self.pending:  # leftovers of a killed run: half-written temporary files of our units
-            for stale in self.out.glob(f"{unit_stem(i)}.*.tmp-*"):
-                stale.unlink(missing_ok=True)
+            stale = list(self.marks.glob(f"{unit_stem(i)}.*.tmp-*"))
+            if self.layout == "clip-retrieval":
+                stale += cr.stale_files(self.out, i, len(self.units))
+            for path in stale:
+                path.unlink(missing_ok=True)
         if self.rank == 0:
             _atomic_text(path, json.dumps(self.manifest, indent=2, ensure_ascii=False))
 
@@ -254,8 +271,8 @@ class EmbedJob:
             n_old = len(old["source"].get("units", []))
             raise KontrastError(f"the files in {' '.join(self.spec)} changed since {self.out} was started "
                                 f"({n_old} units then, {len(self.units)} now); use a new --out")
-        for key, flag in (("dtype", "--dtype"), ("text", "--text")):
-            if old.get(key) != new[key]:
+        for key, flag in (("dtype", "--dtype"), ("text", "--text"), ("layout", "--layout")):
+            if old.get(key, "kontrast" if key == "layout" else None) != new[key]:
                 raise KontrastError(f"{self.out} was started with {flag} {old.get(key)} (now {new[key]}); "
                                     "rerun with the same arguments or use a new --out")
         new["metadata_format"] = old.get("metadata_format", new["metadata_format"])
@@ -298,14 +315,20 @@ class EmbedJob:
         report.units_done = self.count_done()
         return report
 
+    def _done(self, index: int) -> Path:
+        return self.marks / f"{unit_stem(index)}.done.json"
+
     def _write_unit(self, index: int, result) -> None:
-        stem = self.out / unit_stem(index)
+        stem = self.marks / unit_stem(index)
         np_dtype = np.dtype(self.dtype)
-        _atomic_npy(stem.with_name(f"{stem.name}.npy"), result.image_embeddings.astype(np_dtype))
-        if self.tokenizer is not None:
-            _atomic_npy(stem.with_name(f"{stem.name}.text.npy"), result.text_embeddings.astype(np_dtype))
-        ext = "parquet" if self.manifest["metadata_format"] == "parquet" else "csv"
-        _write_metadata(stem.with_name(f"{stem.name}.{ext}"), result.metas)
+        if self.layout == "clip-retrieval":
+            cr.write_unit(self.out, index, len(self.units), result, np_dtype, self.tokenizer is not None, _tmp)
+        else:
+            _atomic_npy(stem.with_name(f"{stem.name}.npy"), result.image_embeddings.astype(np_dtype))
+            if self.tokenizer is not None:
+                _atomic_npy(stem.with_name(f"{stem.name}.text.npy"), result.text_embeddings.astype(np_dtype))
+            ext = "parquet" if self.manifest["metadata_format"] == "parquet" else "csv"
+            _write_metadata(stem.with_name(f"{stem.name}.{ext}"), result.metas)
         lines = [{"key": s.key, "source": s.source, "reason": s.reason} for s in result.skipped]
         lines += [{"key": s.key, "source": s.source, "reason": s.reason, "part": "caption"}
                   for s in result.caption_errors]
@@ -316,7 +339,7 @@ class EmbedJob:
         _atomic_text(stem.with_name(f"{stem.name}.done.json"), json.dumps(done))  # last: the unit is complete
 
     def count_done(self) -> int:
-        return sum((self.out / f"{unit_stem(i)}.done.json").is_file() for i in range(len(self.units)))
+        return sum(self._done(i).is_file() for i in range(len(self.units)))
 
     # -- completion --
     def finish(self, report: EmbedReport) -> EmbedReport:
@@ -330,14 +353,14 @@ class EmbedJob:
         rows = skipped = captions = 0
         lines: list[str] = []
         for i in range(len(self.units)):
-            marker = self.out / f"{unit_stem(i)}.done.json"
+            marker = self._done(i)
             if not marker.is_file():
                 continue
             done = _read_json(marker)
             rows += int(done["rows"])
             skipped += int(done["skipped"])
             captions += int(done.get("captions_skipped", 0))
-            lines.append((self.out / f"{unit_stem(i)}.skipped.jsonl").read_text(encoding="utf-8"))
+            lines.append((self.marks / f"{unit_stem(i)}.skipped.jsonl").read_text(encoding="utf-8"))
         if report.complete:
             _atomic_text(self.out / "skipped.jsonl", "".join(lines))
             report.skipped_items = [json.loads(x) for x in "".join(lines).splitlines() if x.strip()]
@@ -374,6 +397,9 @@ def load_embeddings(out_dir: str | os.PathLike, text: bool = False, dtype: Any =
     """
     out = Path(out_dir).expanduser()
     manifest = load_manifest(out)
+    if manifest.get("layout", "kontrast") != "kontrast":
+        raise KontrastError(f"{out} is in {manifest['layout']}'s layout; read it with "
+                            "kontrast.search.embedding_sources.iter_embedding_shards")
     if text and not manifest.get("text"):
         raise KontrastError(f"{out} has no caption embeddings; run kontrast embed with --text")
     total = int(manifest["units_total"])

@@ -7,6 +7,7 @@ embeds its share of the units and rank 0 writes one manifest. See ``kontrast.emb
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .common import add_model_args, load_model
@@ -23,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images (0: in this process)")
     p.add_argument("--text", action="store_true", help="also embed the captions (unit-*.text.npy)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="dtype of the stored embeddings")
+    p.add_argument("--layout", choices=["kontrast", "clip-retrieval"], default="kontrast",
+                   help="clip-retrieval: img_emb/img_emb_N.npy, text_emb/text_emb_N.npy, metadata/metadata_N.parquet "
+                        "(as 'clip-retrieval inference' writes; needs pyarrow)")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinks that lead out of the source folder (default: skipped and counted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -36,10 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from ..embed import EmbedJob, dist_env, make_barrier
 
     rank, world = dist_env()
+    if args.model and os.path.exists(os.path.expanduser(args.model)):
+        args.model = os.path.abspath(os.path.expanduser(args.model))  # recorded: 'index --from-embeddings' finds it
     model, preprocess, tokenizer = load_model(args)
     job = EmbedJob(model, preprocess, args.source, args.out, tokenizer=tokenizer if args.text else None,
                    model_name=args.model, batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
-                   rank=rank, world_size=world, follow_symlinks=args.follow_symlinks)
+                   rank=rank, world_size=world, follow_symlinks=args.follow_symlinks, layout=args.layout,
+                   pretrained=args.pretrained)
     job.prepare()
     job.barrier = make_barrier(world)
     who = f"rank {rank}/{world}: " if world > 1 else ""

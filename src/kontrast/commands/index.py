@@ -1,4 +1,8 @@
-"""``kontrast index PATH... --index DIR``: build or update a persistent search index (FAISS + SQLite)."""
+"""``kontrast index PATH... --index DIR``: build or update a persistent search index (FAISS + SQLite).
+
+``kontrast index --from-embeddings EMB --index DIR`` builds it from embeddings computed before (``kontrast embed``
+output, or clip-retrieval's ``img_emb/ text_emb/ metadata/`` layout) without reading an image.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,12 @@ def register(subparsers) -> None:
                               "added, changed ones re-embedded, deleted ones dropped, duplicates (same sha256) "
                               "recorded as aliases. Safe to kill: the next run finishes the work. --model defaults to the "
                               "index's own model ('default' for a new index); another model is refused.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image folder, CSV file (filepath,caption) or .tar shards")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image folder, CSV file (filepath,caption) or .tar shards")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (created if missing)")
+    p.add_argument("--from-embeddings", default=None, metavar="EMB",
+                   help="import precomputed embeddings instead of embedding images: a 'kontrast embed' folder or "
+                   "clip-retrieval's layout (img_emb/, text_emb/, metadata/; give the --model and --pretrained that "
+                   "made them). Re-run to resume or to pick up changed shards")
     add_model_args(p)
     p.set_defaults(model=None)
     p.add_argument("--batch-size", type=int, default=64)
@@ -48,9 +56,22 @@ def run(args: argparse.Namespace) -> int:
     spec = args.model
     if os.path.exists(args.index) and not os.path.isdir(args.index):
         raise KontrastError(f"--index {args.index} is a file, not an index folder; give a folder (a new one is created)")
+    if bool(args.paths) == bool(args.from_embeddings):
+        raise KontrastError("give image PATHs to embed or --from-embeddings EMB, not both" if args.paths else
+                            "nothing to index: give image PATHs or --from-embeddings EMB")
+    if args.from_embeddings:
+        from .index_import import run_import
+
+        return run_import(args)
     if spec is None:  # the index's own model; the default one only for a new index (errors opening it stop here)
         is_new = not os.path.isfile(os.path.join(args.index, DB_NAME))
-        spec = "default" if is_new else (SearchIndex(args.index).model_spec or "default")
+        if is_new:
+            spec = "default"
+        else:
+            existing = SearchIndex(args.index)
+            spec = existing.model_spec or "default"
+            if args.pretrained is None:  # the recorded tag of an architecture name
+                args.pretrained = existing.store.get_info("model_pretrained")
     elif os.path.exists(os.path.expanduser(spec)):
         spec = os.path.abspath(os.path.expanduser(spec))  # so search/serve find it from any folder
     args.model = spec

@@ -31,7 +31,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from ..errors import KontrastError
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("kontrast", "clip-retrieval")
+FIXED_COLUMNS = ("image_path", "caption", "key", "width", "height")  # metadata that has its own column in an index
 _CR_RE = {"image": re.compile(r"^img_emb_(\d+)\.npy$"), "text": re.compile(r"^text_emb_(\d+)\.npy$"),
           "meta": re.compile(r"^metadata_(\d+)\.parquet$")}
 _CR_DIRS = {"image": "img_emb", "text": "text_emb", "meta": "metadata"}
@@ -90,7 +91,7 @@ class SkippedPart:
     name: str
     reason: str
     rows: int = 0  # rows lost, where known
-    extra: dict[str, Any] = field(default_factory=dict)
+    whole: bool = True  # the shard was left out (False: only some rows were dropped)
 
 
 # ---------------------------------------------------------------------------------------------- layout
@@ -226,10 +227,10 @@ def read_shard(shard: ShardFiles, dim: int | None = None,
     ``dim``: the collection's dimension; a shard of another dimension is skipped. Rows with NaN or infinite
     values (in the image or the text embedding) are dropped and counted.
     """
-    def skip(reason: str, rows: int = 0) -> None:
-        logger.warning("skipping %s: %s", shard.name, reason)
+    def skip(reason: str, rows: int = 0, whole: bool = True) -> None:
+        logger.warning("%s %s: %s", "skipping" if whole else "reading", shard.name, reason)
         if skipped is not None:
-            skipped.append(SkippedPart(shard.name, reason, rows))
+            skipped.append(SkippedPart(shard.name, reason, rows, whole))
 
     arrays: dict[str, np.ndarray | None] = {"image": None, "text": None}
     for part in arrays:
@@ -271,7 +272,7 @@ def read_shard(shard: ShardFiles, dim: int | None = None,
                 bad[start:start + 65536] |= ~np.isfinite(a[start:start + 65536]).all(axis=1)
     if bad.any():
         keep = np.flatnonzero(~bad)
-        skip(f"{int(bad.sum())} rows with NaN or infinite values dropped", int(bad.sum()))
+        skip(f"{int(bad.sum())} rows with NaN or infinite values dropped", int(bad.sum()), whole=False)
         image = None if image is None else np.asarray(image[keep])
         text = None if text is None else np.asarray(text[keep])
         meta = [meta[i] for i in keep.tolist()]

@@ -73,6 +73,8 @@ class Searcher:
         spec = model or index.model_spec
         if not spec:
             raise KontrastError(f"index {folder} records no model; pass --model")
+        if model is None and pretrained is None:  # the recorded model: with its recorded pretrained tag, if any
+            pretrained = index.store.get_info("model_pretrained")
         m, preprocess, tokenizer = load(spec, pretrained=pretrained, device=device, precision=precision, backend=backend)
         return cls(index, m, preprocess, tokenizer, spec, lock=lock)
 

@@ -1,0 +1,101 @@
+"""``kontrast index --from-embeddings EMB --index DIR``: the model checks and the run (see ``search.import_embeddings``).
+
+The model recorded in the index is the one that made the embeddings: a folder with kontrast's manifest
+(``kontrast embed``, either layout) names it (spec, pretrained tag, fingerprint), and a ``--model`` given as well
+must have that fingerprint. A clip-retrieval folder records none: ``--model`` (and ``--pretrained``) must name it
+(or the index already does), and its embedding size must be the folder's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _model_from_args(args: argparse.Namespace) -> tuple[str, str | None, str, int]:
+    """``(spec, pretrained, fingerprint, dim)`` of ``--model``, loaded (not run)."""
+    from ..record import fingerprint
+    from .common import load_model
+
+    spec = args.model
+    if os.path.exists(os.path.expanduser(spec)):
+        spec = os.path.abspath(os.path.expanduser(spec))  # so search/serve find it from any folder
+    args.model = spec
+    model = load_model(args)[0]
+    return spec, args.pretrained, fingerprint(model), int(model.embed_dim)
+
+
+def resolve_model(args: argparse.Namespace, src: str) -> tuple[str, str | None, str, int]:
+    """``(spec, pretrained, fingerprint, dim)`` of the model that made the embeddings in ``src``."""
+    from ..errors import KontrastError
+    from ..search.embedding_sources import read_manifest
+    from ..search.index import SearchIndex
+    from ..search.store import DB_NAME
+
+    manifest = read_manifest(src)
+    if manifest is not None:
+        rec = manifest.get("model") or {}
+        if not rec.get("fingerprint") or not manifest.get("dim"):
+            raise KontrastError(f"{os.path.join(src, 'manifest.json')} records no model fingerprint or dim; "
+                                "re-embed the folder with this kontrast")
+        if args.model is None:
+            return str(rec.get("name") or "default"), rec.get("pretrained"), rec["fingerprint"], int(manifest["dim"])
+        spec, pretrained, fp, dim = _model_from_args(args)
+        if fp != rec["fingerprint"]:
+            raise KontrastError(f"{src} was embedded with model {rec['fingerprint']} ({rec.get('name')}) but "
+                                f"--model {spec} is model {fp}; leave --model out to use the recorded one")
+        return spec, pretrained, fp, dim
+    if args.model is None:
+        if os.path.isfile(os.path.join(args.index, DB_NAME)):  # adding to an index: its own model
+            index = SearchIndex(args.index)
+            if index.model_spec:
+                out = (index.model_spec, index.store.get_info("model_pretrained"), index.model_fingerprint, index.dim)
+                index.close()
+                return out
+        raise KontrastError(f"{src} (clip-retrieval's layout) does not record its model: pass the --model and "
+                            "--pretrained that made the embeddings (text queries need it)")
+    return _model_from_args(args)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from ..search.embedding_sources import detect_layout
+    from ..search.import_embeddings import import_embeddings
+
+    src = os.path.expanduser(args.from_embeddings)
+    layout = detect_layout(src)  # a folder in neither layout stops here, before a model is loaded
+    spec, pretrained, fp, dim = resolve_model(args, src)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="emb", desc="import", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(n: int, total: int | None) -> None:
+        if bar is not None:
+            if total is not None and bar.total != total:
+                bar.reset(total=total)
+            bar.update(n)
+
+    try:
+        stats = import_embeddings(src, args.index, spec, fp, dim, layout=layout, pretrained=pretrained,
+                                  index_type=args.index_type, checkpoint_seconds=args.checkpoint_seconds,
+                                  progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    types = ", ".join(f"{k}: {v}" for k, v in stats.index_types.items())
+    lost_shards = [s for s in stats.skipped if s.whole]
+    print(f"{args.index}: {stats.items} items, {stats.vectors} image vectors, {stats.captions} captions ({types}); "
+          f"from {layout} embeddings in {src}: {stats.imported} shards imported, {stats.unchanged} unchanged, "
+          f"{len(lost_shards)} skipped; +{stats.added} rows, {stats.removed} removed, {stats.duplicates} duplicate "
+          f"paths, {stats.skipped_rows} rows skipped")
+    for s in stats.skipped[:10]:
+        print(f"  skipped {s.name}: {s.reason}")
+    if len(stats.skipped) > 10:
+        print(f"  ... and {len(stats.skipped) - 10} more")
+    if lost_shards:
+        print(f"kontrast index: {len(lost_shards)} shard(s) of {src} could not be read and are not marked done "
+              "(repair them and re-run)", file=sys.stderr)
+        return 1
+    return 0
