@@ -292,3 +292,27 @@ def test_single_searcher_app_is_named_after_its_folder(built):
     s = built["searchers"]["more"]
     with TestClient(create_app(Searcher.with_index(s, s.index)), base_url=LOCAL) as c:
         assert c.get("/indices-list").json() == ["more"]
+
+
+def test_serve_cli_wires_named_indexes_and_flags(built, monkeypatch, capsys):
+    """``kontrast serve A NAME=B --cors-origin O --allow-image-urls H --clip-front`` (uvicorn's run replaced)."""
+    import uvicorn
+
+    from kontrast.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: seen.update(app=self.config.app))
+    folder, more = str(built["folder"]), str(built["root"] / "more")
+    assert main(["serve", folder, f"web={more}", "--port", "0", "--cors-origin", "http://localhost:1235",
+                 "--allow-image-urls", "a.org,b.org", "--clip-front"]) == 0
+    app = seen["app"]
+    assert list(app.state.searchers) == ["idx", "web"] and app.state.options.image_url_hosts == ("a.org", "b.org")
+    assert app.state.searchers["idx"].model is app.state.searchers["web"].model
+    assert "clip-retrieval front end at http://127.0.0.1:" in capsys.readouterr().out
+    with TestClient(app, base_url=LOCAL) as c:
+        assert c.get("/indices-list").json() == ["idx", "web"]
+        r = c.get("/indices-list", headers={"Origin": "http://localhost:1235"})
+        assert r.headers["access-control-allow-origin"] == "http://localhost:1235"
+        assert c.get("/clip-front/config.json").json()["defaultIndex"] == "idx"
+    assert main(["serve", folder, f"idx={more}", "--port", "0"]) == 2
+    assert "two indexes are named 'idx'" in capsys.readouterr().err
