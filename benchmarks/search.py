@@ -16,8 +16,12 @@ makes), and batched throughput. ``--compare ivf,hnsw,flat`` adds forced types fo
 
 Part 2, server: builds a small index (``--images``, default the shared 200-emoji CSV, ``--model``
 default the shared fixture ViT; an architecture name such as ViT-B-32 gives that size with random weights), starts ``kontrast serve`` on a free loopback port (a subprocess), and
-sends ``--requests`` requests from ``--clients`` concurrent clients (3 text searches : 1 image upload),
-with the model lock on and off (``--no-model-lock``). Prints p50/p99 latency, requests/s and errors.
+sends ``--requests`` requests from ``--clients`` concurrent clients, with the model lock on and off
+(``--no-model-lock``). Prints p50/p99 latency, requests/s and errors, and p50 per kind of request. The mix
+(``--mix all``, the default) cycles through 8 kinds: 3 text searches (``GET /search``), 1 image upload
+(``POST /search``), and clip-retrieval's routes as ``ClipClient`` sends them (JSON without a content type):
+``/knn-service`` by text (deduplicated, 10 of 100 results with metadata and inline image), by image (base64)
+and by embedding, and ``/metadata`` of 10 ids. ``--mix kontrast``: the former 3 text : 1 image mix.
 
 Measured on the 2-core development VM (faiss 1.15.1, load ~1-2), ``python benchmarks/search.py --n 1000000
 --compare ivf --clients 8 --requests 400`` (about 12 min, peak RSS 6.3 GB)::
@@ -48,7 +52,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
+import json
 import os
 import resource
 import socket
@@ -65,6 +71,9 @@ from kontrast.search import ann
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# the load test's request mix (--mix all), cycled through by request number
+KINDS = ["search text", "search text", "search image", "knn text", "knn image", "knn embedding", "metadata",
+         "search text"]
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -224,22 +233,39 @@ def load_test(index_dir: Path, args: argparse.Namespace, lock: bool,
         blobs = [p.read_bytes() for p in images]
         words = ["a red bicycle", "a dog", "a flag", "a smiling face", "food", "a car", "music", "the sea"]
         per_client = [list(range(c, args.requests, args.clients)) for c in range(args.clients)]
+        kinds = KINDS if args.mix == "all" else ["search text", "search text", "search text", "search image"]
+        vector = httpx.post(f"{url}/embed", data={"text": ["a flag"]}, timeout=60).json()["text"][0]
+        ids = list(range(1, 11))
 
-        def client(jobs: list[int]) -> tuple[list[float], int]:
+        def one(http, kind: str, j: int):
+            knn = {"num_images": 10, "num_result_ids": 100, "modality": "image", "deduplicate": True,
+                   "indice_name": Path(index_dir).resolve().name}
+            if kind == "search text":
+                return http.get("/search", params={"q": words[j % len(words)], "k": 10})
+            if kind == "search image":
+                return http.post("/search", files={"file": ("q.png", blobs[j % len(blobs)], "image/png")},
+                                 data={"k": "10"})
+            if kind == "knn text":
+                body = {**knn, "text": words[j % len(words)]}
+            elif kind == "knn image":
+                body = {**knn, "image": base64.b64encode(blobs[j % len(blobs)]).decode(), "deduplicate": False}
+            elif kind == "knn embedding":
+                body = {**knn, "embedding_input": vector}
+            else:
+                return http.post("/metadata", content=json.dumps({"indice_name": knn["indice_name"], "ids": ids}))
+            return http.post("/knn-service", content=json.dumps(body))  # no content type, as ClipClient posts
+
+        def client(jobs: list[int]) -> tuple[list[tuple[str, float]], int]:
             lat, errors = [], 0
             with httpx.Client(base_url=url, timeout=60) as http:
                 for j in jobs:
+                    kind = kinds[j % len(kinds)]
                     t = time.perf_counter()
                     try:
-                        if j % 4 == 3 and blobs:
-                            r = http.post("/search", files={"file": ("q.png", blobs[j % len(blobs)], "image/png")},
-                                          data={"k": "10"})
-                        else:
-                            r = http.get("/search", params={"q": words[j % len(words)], "k": 10})
-                        errors += r.status_code != 200
+                        errors += one(http, kind, j).status_code != 200
                     except httpx.HTTPError:
                         errors += 1
-                    lat.append((time.perf_counter() - t) * 1000)
+                    lat.append((kind, (time.perf_counter() - t) * 1000))
             return lat, errors
 
         base_kb = _proc_kb(server.pid, "VmRSS")
@@ -273,13 +299,18 @@ def load_test(index_dir: Path, args: argparse.Namespace, lock: bool,
         if burster is not None:
             burster.join()
         time.sleep(2.0)  # idle: the decode gate has handed memory back
-        lat = [x for r in results for x in r[0]]
+        by_kind: dict[str, list[float]] = {}
+        for r in results:
+            for kind, ms in r[0]:
+                by_kind.setdefault(kind, []).append(ms)
+        lat = [ms for r in results for _, ms in r[0]]
         expected = {name: status for name, _, _, status in burst or []}
         wrong = [(n, s) for n, s in burst_status if s != expected[n]]
         return {"lock": lock, "clients": args.clients, "requests": len(lat), "errors": sum(r[1] for r in results),
                 "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "rps": len(lat) / wall,
                 "burst": len(burst_status), "burst_wrong": wrong, "base_mb": base_kb / 1024,
-                "peak_mb": _proc_kb(server.pid, "VmHWM") / 1024, "after_mb": _proc_kb(server.pid, "VmRSS") / 1024}
+                "peak_mb": _proc_kb(server.pid, "VmHWM") / 1024, "after_mb": _proc_kb(server.pid, "VmRSS") / 1024,
+                "kinds": {k: (len(v), float(np.percentile(v, 50))) for k, v in by_kind.items()}}
     finally:
         server.terminate()
         try:
@@ -326,6 +357,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=0,
                         help="large uploads sent at once, again and again, beside the load test (0: none)")
     parser.add_argument("--burst-rounds", type=int, default=3, help="at most this many bursts")
+    parser.add_argument("--mix", choices=["all", "kontrast"], default="all",
+                        help="all: kontrast's /search and clip-retrieval's /knn-service and /metadata; "
+                        "kontrast: 3 text : 1 image /search only")
     parser.add_argument("--images", default=str(SHARED / "data" / "emoji_sample" / "captions.csv"))
     parser.add_argument("--model", default=str(SHARED / "fixtures" / "openai_vit.pt")
                         if (SHARED / "fixtures" / "openai_vit.pt").exists() else "default")
@@ -361,8 +395,10 @@ def main() -> None:
             results = [load_test(index_dir, args, lock=True, burst=burst)]
             if not burst:
                 results.append(load_test(index_dir, args, lock=False))
+        mix = ("3 GET /search text, 1 POST /search image, /knn-service by text, image and embedding, 1 /metadata"
+               if args.mix == "all" else "3 GET /search text : 1 POST /search image")
         print(f"\nServer load test: {args.clients} concurrent clients, {args.requests} requests "
-              f"(3 GET /search text : 1 POST /search image), index {args.index or args.images}, model {args.model}"
+              f"({mix}), index {args.index or args.images}, model {args.model}"
               + (f"; beside bursts of {args.burst} large uploads (POST /embed)" if burst else ""))
         print(f"{'model lock':<11} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} "
               f"{'large':>6} {'RSS base MB':>11} {'peak MB':>8} {'after MB':>8}")
@@ -370,6 +406,7 @@ def main() -> None:
             print(f"{'on' if r['lock'] else 'off':<11} {r['requests']:>8} {r['errors']:>6} {r['p50']:>8.1f} "
                   f"{r['p99']:>8.1f} {r['rps']:>7.1f} {r['burst']:>6} {r['base_mb']:>11.0f} {r['peak_mb']:>8.0f} "
                   f"{r['after_mb']:>8.0f}")
+            print("    p50 ms by kind: " + ", ".join(f"{k} {ms:.1f} (n={n})" for k, (n, ms) in sorted(r["kinds"].items())))
             for name, status in r["burst_wrong"][:5]:
                 print(f"  large upload {name}: status {status}, not the expected one")
         if any(r["errors"] or r["burst_wrong"] for r in results):
