@@ -229,7 +229,8 @@ def duplicate_positions(embeddings: np.ndarray, threshold: float = DEDUP_THRESHO
 # ---------------------------------------------------------------------------------------- metadata
 def row_metadata(row: Mapping[str, Any], media: MediaReader | None) -> dict[str, Any]:
     """clip-retrieval metadata of one index row: caption, url, image_path, the row's ``meta`` fields, and
-    ``image`` (base64 of the indexed file, only when it is still there with the indexed content)."""
+    ``image`` (base64 of the indexed file, only when it is still there with the indexed sha256: never for rows
+    imported from embeddings, whose files were not read)."""
     meta = row.get("meta") or {}
     out: dict[str, Any] = {}
     caption = row.get("caption") if row.get("caption") is not None else meta.get("caption")
@@ -238,6 +239,10 @@ def row_metadata(row: Mapping[str, Any], media: MediaReader | None) -> dict[str,
     if meta.get("url"):
         out["url"] = meta["url"]
     image_path = meta.get("image_path") or row.get("path")
+    origin = row.get("origin") or ""
+    if image_path and row.get("kind") == "embeddings" and image_path.startswith(origin + ":") \
+            and image_path[len(origin) + 1:].isdigit():
+        image_path = None  # "<shard>:<row>": a row imported without an image_path (import_embeddings.py)
     if image_path:
         out["image_path"] = image_path
     for key, value in meta.items():
