@@ -316,3 +316,43 @@ def test_serve_cli_wires_named_indexes_and_flags(built, monkeypatch, capsys):
         assert c.get("/clip-front/config.json").json()["defaultIndex"] == "idx"
     assert main(["serve", folder, f"idx={more}", "--port", "0"]) == 2
     assert "two indexes are named 'idx'" in capsys.readouterr().err
+
+
+def test_duplicate_positions_scale_and_chains():
+    """3000 near-identical results (4.5 M linked pairs) in well under the request time; a long chain resolves."""
+    import time
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(64).astype(np.float32)
+    same = base + 0.01 * rng.standard_normal((3000, 64)).astype(np.float32)  # [3000, 64]
+    t = time.perf_counter()
+    assert duplicate_positions(same) == set(range(1, 3000))
+    assert time.perf_counter() - t < 20
+    angles = np.arange(50) * 0.3  # neighbours at cos(0.3) = 0.955, two apart at cos(0.6) = 0.83: a chain
+    chain = np.stack([np.cos(angles), np.sin(angles)], axis=1)[::-1].copy()  # [50, 2], the chain reversed
+    assert duplicate_positions(chain) == set(range(1, 50))
+    order = rng.permutation(50)
+    assert duplicate_positions(chain[order]) == set(range(1, 50))
+
+
+def test_duplicate_positions_equal_a_pairwise_reference():
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((12, 16)).astype(np.float32)
+    e = centres[rng.integers(0, 12, 300)] + 0.22 * rng.standard_normal((300, 16)).astype(np.float32)  # [300, 16]
+    unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+    parent = list(range(300))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(300):
+        for j in range(i + 1, 300):
+            if unit[i] @ unit[j] >= 0.94:
+                a, b = root(i), root(j)
+                parent[max(a, b)] = min(a, b)
+    expected = {i for i in range(300) if root(i) != i}
+    assert 30 < len(expected) < 290  # the data has both duplicates and singletons
+    assert duplicate_positions(e) == expected
+    assert duplicate_positions(e, block=7) == expected
