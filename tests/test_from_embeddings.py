@@ -297,3 +297,65 @@ def test_rerun_after_a_crash_skips_finished_shards(dim, tmp_path, capsys, monkey
     assert "1 shards imported, 2 unchanged" in out and "+3 rows, 6 removed" in out
     assert [(r["path"], r["caption"]) for r in _rows(index)] == \
            [(w["image_path"], w["caption"]) for w in want[3:9]] + [(w["image_path"], w["caption"]) for w in rows3]
+
+
+# ------------------------------------------------------------------ clip-retrieval's own code on both sides
+def _clip_retrieval_module(relative: str):
+    """A module file of the installed clip-retrieval, loaded alone (its package __init__ imports Flask and torch
+    models kontrast does not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("clip_retrieval")
+    assert spec is not None, "clip-retrieval is a test dependency (.ci/run installs it --no-deps)"
+    path = Path(spec.submodule_search_locations[0]) / relative
+    module_spec = importlib.util.spec_from_file_location(f"_cr_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_folder_written_by_clip_retrievals_writer_imports(dim, tmp_path, capsys):
+    """clip-retrieval's ``NumpyWriter`` (what ``clip-retrieval inference`` runs) writes; kontrast imports."""
+    NumpyWriter = _clip_retrieval_module("clip_inference/writer.py").NumpyWriter
+
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    rng = np.random.default_rng(3)
+    want = []
+    for partition in range(3):  # three partitions of 4 rows: files img_emb_0.npy ... (zero-padded to 1 digit)
+        writer = NumpyWriter(partition_id=partition, output_folder=str(emb), enable_text=True, enable_image=True,
+                             enable_metadata=True, output_partition_count=3)
+        names = [f"/data/{partition}/{j}.jpg" for j in range(4)]
+        texts = [f"photo {partition} {j}" for j in range(4)]
+        metas = [json.dumps({"url": f"https://example.com/{partition}/{j}.jpg", "width": 640 + j}) for j in range(4)]
+        writer({"image_embs": _unit(rng, 4, dim), "text_embs": _unit(rng, 4, dim), "image_filename": names,
+                "text": texts, "metadata": metas})
+        writer.flush()
+        want += [(n, t, json.loads(m)) for n, t, m in zip(names, texts, metas, strict=True)]
+    assert detect_layout(emb) == "clip-retrieval" and count_embeddings(emb) == 12
+    rc, out, err = _cli(capsys, "index", "--from-embeddings", str(emb), "--index", str(index), "--model", "default",
+                        "--no-progress")
+    assert rc == 0, err
+    assert "3 shards imported" in out and "12 items, 12 image vectors, 12 captions" in out
+    rows = _rows(index)
+    assert [(r["path"], r["caption"], r["width"], r["meta"]) for r in rows] == \
+           [(n, t, m["width"], {"url": m["url"]}) for n, t, m in want]
+
+
+def test_clip_retrieval_layout_reads_with_embedding_reader(collection, tmp_path, capsys):
+    """``embedding_reader`` (what ``clip-retrieval index`` / autofaiss read embeddings with) reads our output."""
+    from embedding_reader import EmbeddingReader
+
+    emb = tmp_path / "emb"
+    rc, _, err = _cli(capsys, "embed", str(collection), "--out", str(emb), "--layout", "clip-retrieval", "--text",
+                      "--no-progress")
+    assert rc == 0, err
+    reader = EmbeddingReader(str(emb / "img_emb"), file_format="parquet_npy", metadata_folder=str(emb / "metadata"),
+                             meta_columns=["image_path", "caption"])
+    assert reader.count == N_IMAGES and reader.dimension == np.load(emb / "img_emb" / "img_emb_0.npy").shape[1]
+    got, paths = [], []
+    for vectors, meta in reader(batch_size=3, show_progress=False):
+        got.append(vectors)
+        paths += meta["image_path"].tolist()
+    np.testing.assert_array_equal(np.concatenate(got), np.load(emb / "img_emb" / "img_emb_0.npy"))
+    with open(collection, newline="", encoding="utf-8") as f:
+        assert paths == [r["filepath"] for r in csv.DictReader(f)]

@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,6 +89,9 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+_FIELDS = ("caption", "key", "width", "height", "meta")  # the columns _row_fields fills, in this order
+
+
 def _row_fields(shard: ShardFiles, j: int, meta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(path, column values)`` of row ``j`` from its metadata dict."""
     path = meta.get("image_path")
@@ -98,7 +100,7 @@ def _row_fields(shard: ShardFiles, j: int, meta: dict[str, Any]) -> tuple[str, d
     caption = str(caption) if caption not in (None, "") else None
     extra = {k: v for k, v in meta.items() if k not in FIXED_COLUMNS and v is not None}
     key = meta.get("key")
-    return path, {"caption": caption, "key": str(key) if key not in (None, "") else Path(path).name,
+    return path, {"caption": caption, "key": str(key) if key not in (None, "") else os.path.basename(path),
                   "width": _int_or_none(meta.get("width")), "height": _int_or_none(meta.get("height")),
                   "meta": json.dumps(extra, ensure_ascii=False, default=str) if extra else None}
 
@@ -135,30 +137,39 @@ class _Importer:
             gen = self.store.bump_generation(db)
             for (path,) in db.execute("SELECT path FROM items WHERE origin = ?", (shard.key,)).fetchall():
                 self.updater.delete(db, path, gen)  # an earlier version of this shard
-            seen: set[str] = set()
+            candidates = []
             for j, meta in enumerate(read.meta):
                 if image is not None and not image_ok[j]:
                     self.stats.zero_rows += 1
                     continue
-                path, fields = _row_fields(shard, j, meta)
-                if path in seen or db.execute("SELECT 1 FROM items WHERE path = ?", (path,)).fetchone():
+                candidates.append((j, *_row_fields(shard, j, meta)))
+            taken: set[str] = set()  # paths indexed already (by another shard, or by 'kontrast index')
+            for start in range(0, len(candidates), 500):
+                chunk = [c[1] for c in candidates[start:start + 500]]
+                taken.update(r[0] for r in db.execute(
+                    f"SELECT path FROM items WHERE path IN ({','.join('?' * len(chunk))})", chunk))
+            records, vectors = [], []
+            for j, path, fields in candidates:
+                if path in taken:
                     self.stats.duplicates += 1
                     continue
-                seen.add(path)
+                taken.add(path)
                 image_vec = None if image is None else image[j]
                 text_vec = text[j] if text is not None and text_ok[j] and fields["caption"] else None
-                values = {"path": path, "origin": shard.key, "kind": KIND, "sha256": "", "size": 0, "mtime_ns": None,
-                          **fields, "alias_of": None, "gen": gen,
-                          "image_vec": None if image_vec is None else to_blob(image_vec),
-                          "text_vec": None if text_vec is None else to_blob(text_vec)}
-                cols = ", ".join(values)
-                row_id = db.execute(f"INSERT INTO items({cols}) VALUES ({', '.join('?' * len(values))})",
-                                    tuple(values.values())).lastrowid
+                records.append((path, shard.key, KIND, "", 0, None, *fields.values(), None, gen,
+                                None if image_vec is None else to_blob(image_vec),
+                                None if text_vec is None else to_blob(text_vec)))
+                vectors.append((path, image_vec, text_vec))
+            cols = ("path", "origin", "kind", "sha256", "size", "mtime_ns", *_FIELDS, "alias_of", "gen",
+                    "image_vec", "text_vec")
+            db.executemany(f"INSERT INTO items({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", records)
+            ids = dict(db.execute("SELECT path, id FROM items WHERE origin = ?", (shard.key,)).fetchall())
+            for path, image_vec, text_vec in vectors:
                 if image_vec is not None:
-                    self.updater.pending["image"].put(row_id, image_vec.reshape(dim))
+                    self.updater.pending["image"].put(ids[path], image_vec.reshape(dim))
                 if text_vec is not None:
-                    self.updater.pending["caption"].put(row_id, text_vec.reshape(dim))
-                self.stats.added += 1
+                    self.updater.pending["caption"].put(ids[path], text_vec.reshape(dim))
+            self.stats.added += len(records)
             db.execute("INSERT OR REPLACE INTO shards(path, size, mtime_ns) VALUES (?, ?, ?)",
                        (shard.key, *signature))
         self.updater.apply_pending()
