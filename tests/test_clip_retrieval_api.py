@@ -25,7 +25,7 @@ from test_server_live import live_server
 import kontrast
 from kontrast.errors import KontrastError
 from kontrast.search.build import update_index
-from kontrast.search.clip_retrieval_api import duplicate_positions, row_metadata
+from kontrast.search.clip_retrieval_api import InlineImages, duplicate_positions, row_metadata
 from kontrast.search.query import Searcher, open_searchers
 from kontrast.search.server import create_app
 
@@ -250,7 +250,7 @@ def test_row_metadata_without_a_local_file():
     from kontrast.search.media import MediaReader
 
     gone = {**row, "path": "/nonexistent/a.jpg", "sha256": "0" * 64, "kind": "csv", "origin": "x.csv"}
-    out = row_metadata(gone, MediaReader())
+    out = row_metadata(gone, InlineImages(MediaReader()))
     assert "image" not in out and out["image_path"] == "/nonexistent/a.jpg"
 
 
@@ -356,3 +356,16 @@ def test_duplicate_positions_equal_a_pairwise_reference():
     assert 30 < len(expected) < 290  # the data has both duplicates and singletons
     assert duplicate_positions(e) == expected
     assert duplicate_positions(e, block=7) == expected
+
+
+def test_large_files_inlined_as_pictures(built):
+    """Files above the inline limit come back as a re-encoded picture of at most 512 pixels a side."""
+    import io
+
+    with TestClient(create_app(built["searchers"], knn_inline_max_bytes=100), base_url=LOCAL) as c:
+        out = c.post("/knn-service", content=json.dumps({"text": "a flag", "num_images": 2})).json()
+    for hit in out:
+        data = base64.b64decode(hit["image"])
+        original = Image.open(hit["image_path"])
+        assert data != Path(hit["image_path"]).read_bytes()
+        assert Image.open(io.BytesIO(data)).size == original.size and max(original.size) <= 512

@@ -59,6 +59,9 @@ def register(subparsers) -> None:
                    "pointed at this server")
     p.add_argument("--max-knn-images", type=int, default=1000,
                    help="most results with metadata and image per /knn-service request (num_images)")
+    p.add_argument("--knn-image-max-mb", type=float, default=1.0,
+                   help="/knn-service and /metadata inline indexed files up to this size; larger ones as a "
+                   "512-pixel picture")
     add_model_args(p)
     p.set_defaults(model=None, func=run)
 
@@ -189,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
             raise KontrastError(f"{flag} {value}: give a number >= {low}")
     if args.max_upload_mb <= 0:
         raise KontrastError(f"--max-upload-mb {args.max_upload_mb}: give a positive number")
+    if args.knn_image_max_mb < 0:
+        raise KontrastError(f"--knn-image-max-mb {args.knn_image_max_mb}: give a number >= 0")
     token, allowed = resolve_access(args.host, args.auth_token, args.allowed_host)
     args.indexes = parse_index_args(args.index)
     args.cors_origin = [check_origin(o) for o in args.cors_origin]
@@ -222,7 +227,8 @@ def _serve(args: argparse.Namespace, sock: socket.socket, token: str | None, all
     options = ServerOptions(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=allowed,
                             auth_token=token, max_decodes=args.max_decodes, max_image_pixels=args.max_image_pixels,
                             cors_origins=tuple(args.cors_origin), image_url_hosts=args.image_url_hosts,
-                            knn_max_images=args.max_knn_images, clip_front=getattr(args, "clip_front_dir", None))
+                            knn_max_images=args.max_knn_images, clip_front=getattr(args, "clip_front_dir", None),
+                            knn_inline_max_bytes=int(args.knn_image_max_mb * 1024 * 1024))
     app = create_app(searchers, options)
     port = sock.getsockname()[1]
     shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host

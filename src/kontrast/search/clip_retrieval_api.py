@@ -8,7 +8,8 @@ Formats follow clip-retrieval 2.45.0's back end (``clip_retrieval/clip_back.py``
   with no JSON content type; the front end posts text/plain).
 - ``/knn-service`` answers a list, best first, of up to ``num_result_ids`` results after deduplication; the
   first ``num_images`` carry the row's metadata (``caption``, ``url``, ``image_path``, the row's ``meta`` JSON
-  fields and ``image``: the indexed file's bytes in base64 when it is still readable and unchanged), then
+  fields and ``image``: the indexed file in base64 when it is still readable and unchanged, a 512-pixel
+  picture of it instead when the file is larger than 1 MB), then
   ``id`` and ``similarity`` (the inner product with the query); the others carry only ``id`` and
   ``similarity`` (the front end fetches their metadata from ``/metadata`` while scrolling).
 - ``deduplicate``: results whose (normalised) embeddings have inner product >= 0.94 with each other form
@@ -234,9 +235,29 @@ def duplicate_positions(embeddings: np.ndarray, threshold: float = DEDUP_THRESHO
 
 
 # ---------------------------------------------------------------------------------------- metadata
-def row_metadata(row: Mapping[str, Any], media: MediaReader | None) -> dict[str, Any]:
+class InlineImages:
+    """The ``image`` field of a result: the indexed file's bytes in base64 when the file is at most
+    ``max_bytes`` (1 MB by default), else a JPEG (PNG when transparent) of at most ``THUMB_SIDE`` pixels a side,
+    so that a response of ``num_images`` results stays bounded; None when the file is gone or changed."""
+
+    THUMB_SIDE = 512
+
+    def __init__(self, media: MediaReader, max_bytes: int = 1 << 20) -> None:
+        self.media, self.max_bytes = media, max_bytes
+
+    def get(self, row: Mapping[str, Any]) -> str | None:
+        try:
+            data, _ = self.media.original(dict(row))
+            if len(data) > self.max_bytes:
+                data, _ = self.media.thumbnail(dict(row), self.THUMB_SIDE)
+        except StaleItemError:
+            return None
+        return base64.b64encode(data).decode("ascii")
+
+
+def row_metadata(row: Mapping[str, Any], images: InlineImages | None) -> dict[str, Any]:
     """clip-retrieval metadata of one index row: caption, url, image_path, the row's ``meta`` fields, and
-    ``image`` (base64 of the indexed file, only when it is still there with the indexed sha256: never for rows
+    ``image`` (``InlineImages``; only when the file is still there with the indexed sha256: never for rows
     imported from embeddings, whose files were not read)."""
     meta = row.get("meta") or {}
     out: dict[str, Any] = {}
@@ -254,18 +275,15 @@ def row_metadata(row: Mapping[str, Any], media: MediaReader | None) -> dict[str,
         out["image_path"] = image_path
     for key, value in meta.items():
         out.setdefault(key, value)
-    if media is not None and row.get("path") and row.get("sha256"):
-        try:
-            data, _ = media.original(dict(row))
-        except StaleItemError:
-            data = None
-        if data is not None:
-            out["image"] = base64.b64encode(data).decode("ascii")
+    if images is not None and row.get("path") and row.get("sha256"):
+        image = images.get(row)
+        if image is not None:
+            out["image"] = image
     return out
 
 
 # ------------------------------------------------------------------------------------------- search
-def knn(searcher: Searcher, query: KnnQuery, fetcher: UrlFetcher | None, media: MediaReader | None) -> list[dict]:
+def knn(searcher: Searcher, query: KnnQuery, fetcher: UrlFetcher | None, images: InlineImages | None) -> list[dict]:
     """Run a validated query: results as clip-retrieval's back end returns them."""
     index = searcher.index
     name, column = ("image", "image_vec") if query.modality == "image" else ("caption", "text_vec")
@@ -295,24 +313,27 @@ def knn(searcher: Searcher, query: KnnQuery, fetcher: UrlFetcher | None, media: 
         hits = [h for h in hits if h[0] not in dropped]
     out = []
     for rank, (i, score) in enumerate(hits):
-        item = row_metadata(rows[i], media) if rank < query.num_images else {}
+        item = row_metadata(rows[i], images) if rank < query.num_images else {}
         item["id"] = i
         item["similarity"] = score
         out.append(item)
     return out
 
 
-def metadata(searcher: Searcher, ids: list[int], media: MediaReader | None) -> list[dict[str, Any]]:
+def metadata(searcher: Searcher, ids: list[int], images: InlineImages | None) -> list[dict[str, Any]]:
     """``[{id, metadata}]`` in the order asked; an id not in the index gets empty metadata."""
     rows = searcher.index.store.rows(ids)
-    return [{"id": i, "metadata": row_metadata(rows[i], media) if i in rows else {}} for i in ids]
+    return [{"id": i, "metadata": row_metadata(rows[i], images) if i in rows else {}} for i in ids]
 
 
 # --------------------------------------------------------------------------------------------- routes
 def add_routes(app: FastAPI, searchers: Mapping[str, Searcher], media: Mapping[str, MediaReader],
-               fetcher: UrlFetcher | None, max_images: int = 1000, max_results: int = 10000) -> None:
-    """Register ``/knn-service``, ``/metadata`` and ``/indices-list`` on ``app`` for the named ``searchers``."""
+               fetcher: UrlFetcher | None, max_images: int = 1000, max_results: int = 10000,
+               inline_max_bytes: int = 1 << 20) -> None:
+    """Register ``/knn-service``, ``/metadata`` and ``/indices-list`` on ``app`` for the named ``searchers``
+    (``inline_max_bytes``: larger files are sent as a 512-pixel picture, see ``InlineImages``)."""
     names = list(searchers)
+    images = {name: InlineImages(m, inline_max_bytes) for name, m in media.items()}
     dims = {name: s.index.dim for name, s in searchers.items()}
 
     @app.exception_handler(FetchError)
@@ -326,7 +347,7 @@ def add_routes(app: FastAPI, searchers: Mapping[str, Searcher], media: Mapping[s
     @app.post("/knn-service", summary="clip-retrieval: nearest neighbours of a text, image, image URL or embedding")
     async def knn_service(request: Request) -> JSONResponse:
         query = parse_knn(read_json_object(await request.body()), names, dims, max_images, max_results)
-        results = await run_in_threadpool(knn, searchers[query.index], query, fetcher, media.get(query.index))
+        results = await run_in_threadpool(knn, searchers[query.index], query, fetcher, images.get(query.index))
         return JSONResponse(results)
 
     @app.post("/metadata", summary="clip-retrieval: metadata of result ids")
@@ -339,7 +360,7 @@ def add_routes(app: FastAPI, searchers: Mapping[str, Searcher], media: Mapping[s
             raise FieldError("field 'ids' must be a list of integer ids (0 <= id < 2**62)")
         if len(ids) > MAX_METADATA_IDS:
             raise FieldError(f"field 'ids' has {len(ids)} ids; at most {MAX_METADATA_IDS} per request")
-        return JSONResponse(await run_in_threadpool(metadata, searchers[name], ids, media.get(name)))
+        return JSONResponse(await run_in_threadpool(metadata, searchers[name], ids, images.get(name)))
 
 
 # ---------------------------------------------------------------------------------------- front end

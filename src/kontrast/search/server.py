@@ -75,6 +75,7 @@ class ServerOptions:
     image_url_hosts: tuple[str, ...] = ()  # hosts /knn-service may fetch an image_url from (none: no fetching)
     knn_max_images: int = 1000  # /knn-service num_images cap (results that carry metadata and images)
     knn_max_results: int = 10000  # /knn-service num_result_ids cap
+    knn_inline_max_bytes: int = 1 << 20  # larger indexed files are inlined as a 512-pixel picture
     clip_front: str | None = None  # clip-retrieval's front/build folder, served under /clip-front/
 
 
@@ -302,7 +303,8 @@ def create_app(searcher: Searcher | Mapping[str, Searcher], options: ServerOptio
         return Response(hit[0], media_type=hit[1], headers={"Cache-Control": "private, max-age=3600"})
 
     fetcher = UrlFetcher(opts.image_url_hosts) if opts.image_url_hosts else None
-    clip_retrieval_api.add_routes(app, searchers, medias, fetcher, opts.knn_max_images, opts.knn_max_results)
+    clip_retrieval_api.add_routes(app, searchers, medias, fetcher, opts.knn_max_images, opts.knn_max_results,
+                                  opts.knn_inline_max_bytes)
     if opts.clip_front:
         clip_retrieval_api.add_front(app, Path(opts.clip_front), default)
     app.add_middleware(RequestGuard, max_bytes=opts.max_upload_bytes, max_url_bytes=opts.max_url_bytes,
