@@ -220,6 +220,12 @@ def test_indices_list_and_index_parameter(client, built):
     r = client.get("/search", params={"q": "a face", "index": "nope"})
     assert r.status_code == 404 and "emoji, more" in r.json()["detail"]
     assert client.get("/health", params={"index": "more"}).json()["items"] == 4
+    assert client.post("/embed", params={"index": "more"}, data={"text": ["a face"]}).status_code == 200
+    assert client.post("/embed", params={"index": "nope"}, data={"text": ["a face"]}).status_code == 404
+    png = built["first"].read_bytes()
+    r = client.post("/classify", params={"index": "more"}, files={"file": ("q.png", png, "image/png")},
+                    data={"labels": "flag,face"})
+    assert r.status_code == 200 and len(r.json()["labels"]) == 2
 
 
 def test_indexes_with_one_model_share_it(built):

@@ -224,7 +224,9 @@ def create_app(searcher: Searcher | Mapping[str, Searcher], options: ServerOptio
     def classify(file: Annotated[UploadFile, File()],
                  labels: Annotated[list[str], Form(description="labels: repeat the field, or one comma-separated value")],
                  template: Annotated[list[str] | None, Form(description="prompt templates ('{}' = the label; repeat "
-                                                            "the field for an ensemble)")] = None) -> dict[str, Any]:
+                                                            "the field for an ensemble)")] = None,
+                 index: IndexParam = None) -> dict[str, Any]:
+        _, searcher, _ = _pick(index)  # the model of that index
         template = template or ["a photo of a {}."]
         names = [part.strip() for value in labels for part in value.split(",") if part.strip()]
         if any(len(t) > 500 for t in template):
