@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -359,3 +360,45 @@ def test_clip_retrieval_layout_reads_with_embedding_reader(collection, tmp_path,
     np.testing.assert_array_equal(np.concatenate(got), np.load(emb / "img_emb" / "img_emb_0.npy"))
     with open(collection, newline="", encoding="utf-8") as f:
         assert paths == [r["filepath"] for r in csv.DictReader(f)]
+
+
+def test_sigkill_mid_import_then_rerun_finishes_without_duplicates(dim, tmp_path, capsys):
+    """A real kill (SIGKILL while shards are being committed): the rerun imports only what is missing."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    want = write_clip_retrieval(emb, [800] * 12, dim=dim)
+    args = ["index", "--from-embeddings", str(emb), "--index", str(index), "--model", "default", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kontrast", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    done_at_kill = 0
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (index / "index.sqlite").is_file():
+            try:
+                db = sqlite3.connect(f"file:{index / 'index.sqlite'}?mode=ro", uri=True, timeout=1)
+                done_at_kill = db.execute("SELECT COUNT(*) FROM shards").fetchone()[0]
+                db.close()
+            except sqlite3.OperationalError:  # tables not created yet
+                done_at_kill = 0
+            if done_at_kill >= 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the import ended before it could be killed: {proc.stderr.read()}"
+    assert 2 <= done_at_kill < 12
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 0, err
+    imported, unchanged = (int(x) for x in re.search(r"(\d+) shards imported, (\d+) unchanged", out).groups())
+    assert unchanged >= done_at_kill and imported + unchanged == 12
+    rows = _rows(index)
+    assert [r["path"] for r in rows] == [w["image_path"] for w in want]  # every row once, in shard order
+    loaded = SearchIndex(index).ann("image")
+    assert loaded.index.ntotal == len(want)
