@@ -172,7 +172,8 @@ def test_embed_layout_clip_retrieval_writes_clip_retrievals_files(collection, tm
 
 
 @pytest.mark.parametrize("layout", ["clip-retrieval", "kontrast"])
-def test_index_from_embeddings_equals_index_from_images(layout, collection, direct_index, tmp_path, capsys):
+def test_index_from_embeddings_equals_index_from_images(layout, collection, direct_index, fixtures_dir, tmp_path,
+                                                        capsys):
     emb, index = tmp_path / "emb", tmp_path / "index"
     rc, _, err = _cli(capsys, "embed", str(collection), "--out", str(emb), "--layout", layout, "--text",
                       "--no-progress")
@@ -185,6 +186,13 @@ def test_index_from_embeddings_equals_index_from_images(layout, collection, dire
     assert SearchIndex(index).model_fingerprint == SearchIndex(direct_index).model_fingerprint
     rc, out, _ = _cli(capsys, "index", "--from-embeddings", str(emb), "--index", str(index), "--no-progress")
     assert rc == 0 and "0 shards imported, 1 unchanged" in out and "+0 rows" in out
+    # a --model other than the recorded one is refused in one line, and so is a command with nothing to index
+    other = fixtures_dir / "openai_vit.pt"
+    rc, _, err = _cli(capsys, "index", "--from-embeddings", str(emb), "--index", str(tmp_path / "other"), "--model",
+                      str(other), "--no-progress")
+    assert rc == 2 and "was embedded with model" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = _cli(capsys, "index", "--index", str(tmp_path / "other"))
+    assert rc == 2 and "--from-embeddings" in err and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------ clip-retrieval folders made elsewhere
