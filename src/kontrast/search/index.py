@@ -34,7 +34,7 @@ from typing import Any, Self
 import numpy as np
 
 from ..errors import KontrastError
-from . import ann
+from . import ann, compressed
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,10 @@ class SearchIndex:
             if pairs:
                 f = pairs[0]
                 try:
-                    params = ann.AnnParams.from_dict(json.loads(self._path(name, f, "json").read_text()))
+                    meta = json.loads(self._path(name, f, "json").read_text())
+                    params = ann.AnnParams.from_dict(meta)
+                    if params.kind == compressed.KIND:  # memory-mapped, served as it was committed
+                        return LoadedAnn(compressed.open_index(self.folder, self._path(name, f, "faiss"), meta), params, f)
                     index = ann.read_index(self._path(name, f, "faiss"))
                 except (RuntimeError, ValueError, TypeError, FileNotFoundError) as exc:  # unreadable: rebuild
                     if newer_ok and not all(self._path(name, f, ext).exists() for ext in ("faiss", "json")):

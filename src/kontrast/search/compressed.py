@@ -1,0 +1,232 @@
+"""The compressed index kind (``ivfpq``): collections larger than memory, served memory-mapped.
+
+Below ``COMPRESS_ABOVE`` vectors (or while the float32 vectors fit ``--max-index-memory``) ``ann.py``'s
+flat / IVF-Flat indexes are used: they keep every vector in RAM (and SQLite keeps a float32 copy), 4 KB a
+512-d vector twice over. ``benchmarks/search.py`` measured 6.3 GB peak RSS for 1M vectors that way, so
+at 2M the 8 GB goal is already out of reach; above that, this kind is chosen.
+
+Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``OPQ{m}_{d'},IVF{nlist}_HNSW32,PQ{m}``:
+
+- ``m`` bytes of PQ code a vector (8-bit sub-quantizers), the largest of ``CODE_SIZES`` whose codes and
+  ids (``n * (m + 8)`` bytes, plus the coarse centroids) fit ``max_memory`` (``--max-index-memory``);
+  capped at ``MAX_CODE`` because the scan cost per candidate grows with ``m`` and the exact re-rank recovers
+  the recall (see ``benchmarks/search_scale.py``).
+- OPQ rotation to ``d' = min(d, 4 m)`` dimensions (4 dimensions per sub-quantizer), as autofaiss does.
+- ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST``: more lists mean faster queries but a
+  k-means whose cost grows with ``nlist`` squared (its training sample grows with it) on 2 cores. The coarse
+  quantizer is an HNSW graph over the centroids, so assigning 10M vectors to lists is a graph walk rather
+  than ``nlist`` dot products each.
+- trained on a seeded sample of at most ``TRAIN_POINTS_PER_LIST * nlist`` (and ``MAX_TRAIN``) vectors;
+  polysemous training off (it only helps Hamming filtering, which is not used).
+
+Serving: the index file is read with ``faiss.IO_FLAG_MMAP`` (its inverted lists become ``OnDiskInvertedLists``
+over the file: only the probed lists are paged in). The raw vectors stay in the ``.npy`` shards written at
+build time (float16 when the source was float16), also memory-mapped; each query's top ``rerank``
+candidates (``RERANK`` = 100) are re-scored exactly against them, which is what brings recall@10 from the
+PQ approximation to >= 0.95. ``nprobe`` is tuned at build time (``bulk.py``) on sampled collection vectors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import KontrastError
+
+KIND = "ivfpq"
+COMPRESS_ABOVE = 2_000_000  # vectors; see the module docstring
+DEFAULT_MAX_MEMORY = 4 << 30  # bytes of index (codes, ids, centroids) when --max-index-memory is not given
+CODE_SIZES = (4, 8, 16, 32, 48, 64, 96, 128)  # PQ bytes a vector that the planner picks from
+MAX_CODE = 64
+MIN_SUB_DIM = 4  # dimensions a sub-quantizer at least (m <= d / 4)
+MAX_NLIST = 2048
+MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points a centroid
+TRAIN_POINTS_PER_LIST = 50
+MAX_TRAIN = 131_072
+RERANK = 100
+HNSW_QUANTIZER_M = 32
+
+
+class MemoryBudgetError(KontrastError):
+    """``--max-index-memory`` is too small for the collection or not a size."""
+
+
+def parse_memory(text: str | int) -> int:
+    """``"4G"``, ``"512M"``, ``"1.5GB"`` or a byte count -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not m:
+        raise MemoryBudgetError(f"--max-index-memory {text!r} is not a size such as 4G, 512M or 2000000000")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+@dataclass
+class PQPlan:
+    """The shape of a compressed index, chosen from the collection size and the memory budget."""
+
+    n: int
+    dim: int
+    m: int  # PQ bytes a vector
+    opq_dim: int  # dimensions after the OPQ rotation (0: no OPQ)
+    nlist: int
+    train_points: int
+
+    @property
+    def factory(self) -> str:
+        opq = f"OPQ{self.m}_{self.opq_dim}," if self.opq_dim else ""
+        return f"{opq}IVF{self.nlist}_HNSW{HNSW_QUANTIZER_M},PQ{self.m}"
+
+    def index_bytes(self, n: int | None = None) -> int:
+        """Memory the index needs for ``n`` vectors: codes + ids, coarse centroids and their graph, OPQ, PQ."""
+        n = self.n if n is None else n
+        d = self.opq_dim or self.dim
+        return (n * (self.m + 8) + self.nlist * (d * 4 + HNSW_QUANTIZER_M * 2 * 4) + self.dim * d * 4
+                + 256 * d * 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "dim": self.dim, "m": self.m, "opq_dim": self.opq_dim, "nlist": self.nlist,
+                "train_points": self.train_points}
+
+
+def nlist_for(n: int) -> int:
+    """~4 sqrt(n) lists (a power of two), at most ``MAX_NLIST``, with >= ``MIN_POINTS_PER_LIST`` each."""
+    nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(n)))))
+    while nlist > 1 and n < MIN_POINTS_PER_LIST * nlist:
+        nlist //= 2
+    return int(min(nlist, MAX_NLIST))
+
+
+def plan(n: int, dim: int, max_memory: int = DEFAULT_MAX_MEMORY, opq: bool = False) -> PQPlan:
+    """The largest code (up to ``MAX_CODE``, ``dim / MIN_SUB_DIM``) whose index fits ``max_memory`` bytes.
+
+    ``opq``: rotate (and reduce to ``4 m`` dimensions) with OPQ first, as autofaiss does; off by default
+    because its training took longer than the rest of the build here (see the module docstring).
+    """
+    nlist = nlist_for(n)
+    train = int(min(n, MAX_TRAIN, max(TRAIN_POINTS_PER_LIST * nlist, 256 * MIN_POINTS_PER_LIST)))
+    for m in sorted((c for c in CODE_SIZES if c <= MAX_CODE and c * MIN_SUB_DIM <= dim), reverse=True):
+        if dim % m:
+            continue
+        p = PQPlan(n=n, dim=dim, m=m, opq_dim=min(dim, 4 * m) if opq else 0, nlist=nlist, train_points=train)
+        if p.index_bytes() <= max_memory:
+            return p
+    smallest = PQPlan(n=n, dim=dim, m=min(CODE_SIZES), opq_dim=0, nlist=nlist, train_points=train)
+    raise MemoryBudgetError(f"--max-index-memory {max_memory} bytes is too small for {n} vectors of {dim} dimensions: "
+                            f"the smallest compressed index needs {smallest.index_bytes()} bytes")
+
+
+def empty_index(p: PQPlan):
+    """An untrained ``IndexPreTransform(OPQ) -> IndexIVFPQ`` with an HNSW coarse quantizer (inner product)."""
+    import faiss
+
+    index = faiss.index_factory(p.dim, p.factory, faiss.METRIC_INNER_PRODUCT)
+    faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+    return index
+
+
+def set_nprobe(index, nprobe: int) -> None:
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = int(nprobe)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):  # the graph must return at least nprobe centroids
+        quantizer.hnsw.efSearch = max(64, 2 * int(nprobe))
+
+
+# ---------------------------------------------------------------------------------------- raw vectors
+class VectorShards:
+    """Memory-mapped ``.npy`` vector shards; shard ``i`` holds the vectors of ids ``start_i .. start_i + rows_i``."""
+
+    def __init__(self, folder: Path, entries: list[dict[str, Any]]) -> None:
+        self.entries = sorted(entries, key=lambda e: e["start"])
+        self.starts = np.array([e["start"] for e in self.entries], np.int64)
+        self.arrays = [np.load(folder / e["file"], mmap_mode="r") for e in self.entries]
+        for e, a in zip(self.entries, self.arrays):
+            if a.shape[0] != e["rows"]:
+                raise KontrastError(f"{folder / e['file']} holds {a.shape[0]} vectors, its index expects {e['rows']}; "
+                                    "rebuild the index")
+
+    def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors [len(ids), d] float32, found [len(ids)] bool)``; ids outside every shard are not found."""
+        ids = np.asarray(ids, np.int64)
+        d = self.arrays[0].shape[1] if self.arrays else 0
+        out = np.zeros((len(ids), d), np.float32)
+        found = np.zeros(len(ids), bool)
+        if not self.arrays or not len(ids):
+            return out, found
+        shard = np.searchsorted(self.starts, ids, side="right") - 1
+        for s in np.unique(shard[shard >= 0]):
+            sel = np.flatnonzero(shard == s)
+            rows = ids[sel] - self.starts[s]
+            ok = rows < self.entries[s]["rows"]
+            sel, rows = sel[ok], rows[ok]
+            order = np.argsort(rows)  # sorted reads from the memory map
+            out[sel[order]] = self.arrays[s][rows[order]]
+            found[sel] = True
+        return out, found
+
+
+class CompressedIndex:
+    """An ``ivfpq`` index opened for serving: ``search`` like a FAISS index, with the exact re-rank."""
+
+    kind = KIND
+
+    def __init__(self, index, vectors: VectorShards | None, rerank: int = RERANK) -> None:
+        self.index = index
+        self.vectors = vectors
+        self.rerank = rerank if vectors is not None else 0
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def d(self) -> int:
+        return int(self.index.d)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [q, k], ids [q, k])`` by inner product, re-scored exactly when the vectors are on disk."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        fetch = max(k, self.rerank)
+        scores, ids = self.index.search(queries, fetch)
+        if not self.rerank:
+            return scores[:, :k], ids[:, :k]
+        out_s = np.full((len(queries), k), -np.inf, np.float32)
+        out_i = np.full((len(queries), k), -1, np.int64)
+        for qi in range(len(queries)):
+            cand = ids[qi][ids[qi] >= 0]
+            vecs, found = self.vectors.gather(cand)
+            exact = np.where(found, vecs @ queries[qi], -np.inf)
+            top = np.argsort(-exact, kind="stable")[:k]
+            top = top[np.isfinite(exact[top])]
+            out_s[qi, : len(top)] = exact[top]
+            out_i[qi, : len(top)] = cand[top]
+        return out_s, out_i
+
+    def add_with_ids(self, *_: Any) -> None:
+        raise KontrastError("a compressed (ivfpq) index is built from embedding shards: add vectors with "
+                            "kontrast index --from-embeddings DIR")
+
+    remove_ids = add_with_ids
+
+
+def open_index(folder: Path, faiss_path: Path, meta: dict[str, Any]) -> CompressedIndex:
+    """Open a committed ``ivfpq`` index memory-mapped, with its vector shards when they are all present."""
+    import faiss
+
+    index = faiss.read_index(os.fspath(faiss_path), faiss.IO_FLAG_MMAP)
+    set_nprobe(index, int(meta.get("nprobe") or 1))
+    entries = meta.get("vector_shards") or []
+    vectors = None
+    if entries and all((folder / e["file"]).is_file() for e in entries):
+        vectors = VectorShards(folder, entries)
+    return CompressedIndex(index, vectors, int(meta.get("rerank", RERANK)))

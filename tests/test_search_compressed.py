@@ -1,0 +1,196 @@
+"""The compressed (ivfpq) index: plan under a memory budget, recall with and without re-rank, memory-mapped
+serving through ``SearchIndex``, kill-and-resume of the streaming build, and the HTTP server on top of it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kontrast.errors import KontrastError
+from kontrast.search import bulk, compressed
+from kontrast.search.index import SearchIndex
+
+REPO = Path(__file__).resolve().parents[1]
+DIM, N, SHARDS = 32, 12_000, 4
+
+
+def clustered(n: int, dim: int, seed: int, centres: int = 300) -> np.ndarray:
+    """Unit vectors [n, dim] around ``centres`` directions with a decaying spectrum (like embeddings)."""
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((centres, dim)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    scale = (np.arange(dim) + 1.0) ** -0.5
+    scale *= 0.9 / np.sqrt(np.sum(scale**2))
+    r = np.random.default_rng(seed)
+    x = c[r.integers(0, centres, n)] + (r.standard_normal((n, dim)) * scale).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+class Shard:
+    """A ``bulk.ShardSource`` over an .npy file; ``kill_on_meta``: SIGKILL this process when encoded."""
+
+    def __init__(self, path: Path, kill_on_meta: bool = False) -> None:
+        self.path, self.kill = path, kill_on_meta
+        self.key = str(path)
+        st = path.stat()
+        self.signature = (st.st_size, st.st_mtime_ns)
+        self.rows = int(np.load(path, mmap_mode="r").shape[0])
+
+    def vectors(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r")
+
+    def meta(self) -> list[dict]:
+        if self.kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [{"image_path": f"{self.path.stem}/{j}.jpg", "caption": f"item {j}"} for j in range(self.rows)]
+
+
+def write_shards(root: Path, n: int = N, shards: int = SHARDS, dim: int = DIM) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    x = clustered(n, dim, seed=1).astype(np.float16)
+    paths = []
+    for i, part in enumerate(np.array_split(x, shards)):
+        paths.append(root / f"img_emb_{i}.npy")
+        np.save(paths[-1], part)
+    return paths
+
+
+def build(folder: Path, paths: list[Path], max_memory: int = 64 << 20, dim: int = DIM, fp: str = "0" * 16,
+          spec: str = "m") -> bulk.BulkStats:
+    return bulk.build_compressed(folder, [Shard(p) for p in paths], str(paths[0].parent), spec, fp, dim, max_memory)
+
+
+def exact_top10(paths: list[Path], queries: np.ndarray) -> np.ndarray:
+    x = np.concatenate([np.load(p).astype(np.float32) for p in paths])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.argsort(-(queries @ x.T), axis=1)[:, :10]  # ids are row numbers in shard order
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[:10].tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth)]))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compressed")
+    paths = write_shards(root / "emb")
+    stats = build(root / "idx", paths)
+    return root, paths, stats
+
+
+def test_plan_fits_budget_and_parse_memory():
+    p = compressed.plan(10_000_000, 512, compressed.parse_memory("4G"))
+    assert p.index_bytes() <= 4 << 30 and p.m == compressed.MAX_CODE and p.nlist == compressed.MAX_NLIST
+    assert p.factory == "IVF2048_HNSW32,PQ64" and compressed.plan(10_000_000, 512, 4 << 30, opq=True).opq_dim == 256
+    small = compressed.plan(10_000_000, 512, compressed.parse_memory("500M"))
+    assert small.m < p.m and small.index_bytes() <= 500 << 20
+    with pytest.raises(compressed.MemoryBudgetError):
+        compressed.plan(10_000_000, 512, 100 << 20)
+    assert compressed.parse_memory("1.5G") == int(1.5 * (1 << 30)) and compressed.parse_memory("512MB") == 512 << 20
+    with pytest.raises(KontrastError, match="not a size"):
+        compressed.parse_memory("lots")
+
+
+def test_recall_rerank_budget_and_mmap(built):
+    import faiss
+
+    root, paths, stats = built
+    assert stats.n == N and stats.encoded == SHARDS
+    index = SearchIndex(root / "idx")
+    loaded = index.ann("image")
+    assert loaded.params.kind == "ivfpq" and loaded.params.built_n == N
+    faiss_file = next((root / "idx").glob("image-*.faiss"))
+    assert faiss_file.stat().st_size <= 64 << 20  # the budget given to build()
+    ivf = faiss.extract_index_ivf(loaded.index.index)
+    assert isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)  # memory-mapped
+    assert not list((root / "idx").glob("index.sqlite")) or index.store.count("image_vec") == 0  # no vector blobs
+    queries = clustered(200, DIM, seed=7)
+    truth = exact_top10(paths, queries)
+    _, ids = index.search(queries, 10)
+    with_rerank = recall(ids, truth)
+    loaded.index.rerank = 0
+    _, ids_pq = index.search(queries, 10)
+    without = recall(ids_pq, truth)
+    assert with_rerank >= 0.95 and with_rerank > without, (with_rerank, without)
+    assert loaded.params.tuned_recall >= 0.95
+    index.close()
+
+
+def test_rows_match_ids(built):
+    root, paths, _ = built
+    index = SearchIndex(root / "idx")
+    per = N // SHARDS
+    row = index.store.rows([per + 5])[per + 5]  # id = position in shard order: shard 1, row 5
+    assert row["path"] == f"{paths[1].stem}/5.jpg" and row["caption"] == "item 5"
+    assert index.store.count() == N
+    index.close()
+
+
+def test_killed_build_resumes_and_equals_one_go(built, tmp_path):
+    root, paths, _ = built
+    folder = tmp_path / "idx"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
+              "from test_search_compressed import Shard, bulk\n"
+              "paths = [Path(p) for p in sys.argv[3:]]\n"
+              "shards = [Shard(p, kill_on_meta=(i == 2)) for i, p in enumerate(paths)]\n"
+              "bulk.build_compressed(sys.argv[2], shards, str(paths[0].parent), 'm', '0' * 16, 32, 64 << 20)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, str(REPO / "tests"), str(folder), *map(str, paths)],
+                          env=env, capture_output=True, check=False, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    index = SearchIndex(folder)
+    assert index.store.db.execute("SELECT COUNT(*) FROM shards").fetchone()[0] == 2  # shards 0, 1 committed
+    assert index.store.count() == 2 * (N // SHARDS) and not list(folder.glob("image-*.json"))
+    assert index.ann("image") is None  # nothing served before the first complete build
+    index.close()
+    stats = build(folder, paths)
+    assert (stats.unchanged, stats.encoded) == (2, 2)
+    resumed, one_go = SearchIndex(folder), SearchIndex(root / "idx")
+    queries = clustered(50, DIM, seed=9)
+    assert resumed.ann("image").params.nprobe == one_go.ann("image").params.nprobe
+    _, i1 = resumed.search(queries, 10)
+    _, i2 = one_go.search(queries, 10)
+    np.testing.assert_array_equal(i1, i2)
+    assert resumed.store.count() == N
+    resumed.close()
+    one_go.close()
+
+
+def test_rerun_unchanged_is_cheap_and_refuses_mixing(built, tmp_path):
+    root, paths, _ = built
+    stats = build(root / "idx", paths)
+    assert (stats.unchanged, stats.encoded) == (SHARDS, 0)
+    with pytest.raises(KontrastError, match="model"):
+        build(root / "idx", paths, fp="1" * 16, spec="other")
+
+
+def test_server_searches_compressed_index(tmp_path, fixtures_dir):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    import kontrast
+    from kontrast.record import fingerprint
+    from kontrast.search.query import Searcher
+    from kontrast.search.server import create_app
+
+    model_path = str(fixtures_dir / "openai_vit.pt")
+    model, _, _ = kontrast.load(model_path)
+    dim = int(model.embed_dim)
+    paths = write_shards(tmp_path / "emb", n=8000, shards=2, dim=dim)
+    build(tmp_path / "idx", paths, dim=dim, fp=fingerprint(model), spec=model_path)
+    searcher = Searcher.open(str(tmp_path / "idx"))
+    app = create_app(searcher)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        health = client.get("/health").json()
+        assert health["image_index"]["kind"] == "ivfpq" and health["items"] == 8000
+        res = client.get("/search", params={"q": "a red flag", "k": 5}).json()["results"]
+        direct = searcher.search(text="a red flag", k=5)
+        assert [r["id"] for r in res] == [r.id for r in direct] and len(res) == 5
+        assert res[0]["path"].startswith("img_emb_") and res[0]["score"] >= res[-1]["score"]
