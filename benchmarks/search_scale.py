@@ -47,8 +47,8 @@ class NpyShard:
     def vectors(self) -> np.ndarray:
         return np.load(self.path, mmap_mode="r")
 
-    def meta(self) -> list[dict]:
-        return [{} for _ in range(self.rows)]
+    def load(self) -> tuple[np.ndarray, list[dict]]:
+        return self.vectors(), [{} for _ in range(self.rows)]
 
 
 def npy_shards(root: Path, limit: int | None = None) -> list[NpyShard]:

@@ -45,10 +45,11 @@ class Shard:
     def vectors(self) -> np.ndarray:
         return np.load(self.path, mmap_mode="r")
 
-    def meta(self) -> list[dict]:
+    def load(self) -> tuple[np.ndarray, list[dict]]:
         if self.kill:
             os.kill(os.getpid(), signal.SIGKILL)
-        return [{"image_path": f"{self.path.stem}/{j}.jpg", "caption": f"item {j}"} for j in range(self.rows)]
+        return self.vectors(), [{"image_path": f"{self.path.stem}/{j}.jpg", "caption": f"item {j}"}
+                                for j in range(self.rows)]
 
 
 def write_shards(root: Path, n: int = N, shards: int = SHARDS, dim: int = DIM) -> list[Path]:
@@ -194,3 +195,44 @@ def test_server_searches_compressed_index(tmp_path, fixtures_dir):
         direct = searcher.search(text="a red flag", k=5)
         assert [r["id"] for r in res] == [r.id for r in direct] and len(res) == 5
         assert res[0]["path"].startswith("img_emb_") and res[0]["score"] >= res[-1]["score"]
+
+
+def test_cli_from_embeddings_builds_ivfpq(tmp_path, fixtures_dir, capsys):
+    """``kontrast index --from-embeddings`` (clip-retrieval layout) switches to ivfpq when forced or over budget."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    import kontrast
+    from kontrast.cli import main
+
+    model_path = str(fixtures_dir / "openai_vit.pt")
+    dim = int(kontrast.load(model_path)[0].embed_dim)
+    emb = tmp_path / "emb"
+    (emb / "img_emb").mkdir(parents=True)
+    (emb / "metadata").mkdir()
+    x = clustered(6000, dim, seed=3).astype(np.float16)
+    for i, part in enumerate(np.array_split(x, 3)):
+        np.save(emb / "img_emb" / f"img_emb_{i}.npy", part)
+        pq.write_table(pa.table({"image_path": [f"s{i}/{j}.jpg" for j in range(len(part))],
+                                 "caption": [f"caption {i} {j}" for j in range(len(part))]}),
+                       emb / "metadata" / f"metadata_{i}.parquet")
+    args = ["index", "--from-embeddings", str(emb), "--model", model_path, "--no-progress"]
+    # 6000 float32 vectors need ~1.5 MB: a 1M budget makes the automatic choice the compressed index
+    capsys.readouterr()
+    assert main([*args, "--index", str(tmp_path / "auto"), "--max-index-memory", "1M"]) == 0
+    assert "ivfpq" in capsys.readouterr().out
+    index = SearchIndex(tmp_path / "auto")
+    loaded = index.ann("image")
+    assert loaded.params.kind == "ivfpq" and index.store.count() == 6000
+    _, ids = index.search(x[2500].astype(np.float32), 1)
+    assert index.store.rows([int(ids[0][0])])[int(ids[0][0])]["path"] == "s1/500.jpg"  # itself, by path
+    index.close()
+    assert main([*args, "--index", str(tmp_path / "flat")]) == 0  # small and no budget: today's flat index
+    assert SearchIndex(tmp_path / "flat").ann("image").params.kind == "flat"
+    capsys.readouterr()
+    assert main([*args, "--index", str(tmp_path / "auto"), "--index-type", "flat"]) == 2  # one-line refusals
+    assert "compressed (ivfpq)" in capsys.readouterr().err
+    (tmp_path / "images").mkdir()
+    assert main(["index", str(tmp_path / "images"), "--index", str(tmp_path / "auto"), "--model", model_path,
+                 "--no-progress", "--workers", "0"]) == 2
+    assert "compressed (ivfpq)" in capsys.readouterr().err

@@ -30,9 +30,13 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                    help="DataLoader workers decoding images (0: in this process)")
-    p.add_argument("--index-type", choices=["auto", "flat", "ivf", "hnsw"], default=None,
-                   help="FAISS index: auto (flat below 100k vectors, else a tuned IVF), or force one "
-                   "(default: keep the index's current choice; auto for a new index)")
+    p.add_argument("--index-type", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"], default=None,
+                   help="FAISS index: auto (flat below 100k vectors, else a tuned IVF; with --from-embeddings above "
+                   "2M vectors, or above --max-index-memory, the compressed ivfpq), or force one (ivfpq: "
+                   "--from-embeddings only) (default: keep the index's current choice; auto for a new index)")
+    p.add_argument("--max-index-memory", default=None, metavar="SIZE",
+                   help="memory budget of the index (e.g. 4G): the compressed ivfpq index is sized to fit it, and "
+                   "chosen when the float32 vectors would not (default 4G for ivfpq)")
     p.add_argument("--commit-every", type=int, default=256, metavar="N",
                    help="files per transaction for folders / CSV (shards commit one shard at a time)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,

@@ -77,6 +77,19 @@ def run_import(args: argparse.Namespace) -> int:
                 bar.reset(total=total)
             bar.update(n)
 
+    from ..errors import KontrastError
+    from ..search import bulk, compressed
+    from ..search.embedding_sources import count_embeddings
+    from ..search.index import SearchIndex
+    from ..search.store import DB_NAME
+
+    max_memory = compressed.parse_memory(args.max_index_memory) if args.max_index_memory else None
+    current = SearchIndex(args.index).index_type if os.path.isfile(os.path.join(args.index, DB_NAME)) else None
+    if current == compressed.KIND and args.index_type not in (None, "auto", compressed.KIND):
+        raise KontrastError(f"index {args.index} is a compressed (ivfpq) index; --index-type {args.index_type} needs a "
+                            "new --index DIR")
+    if bulk.use_compressed(count_embeddings(src, layout), dim, args.index_type, current, max_memory):
+        return _run_compressed(args, src, layout, spec, fp, dim, max_memory, progress, bar)
     try:
         stats = import_embeddings(src, args.index, spec, fp, dim, layout=layout, pretrained=pretrained,
                                   index_type=args.index_type, checkpoint_seconds=args.checkpoint_seconds,
@@ -96,6 +109,30 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"  ... and {len(stats.skipped) - 10} more")
     if lost_shards:
         print(f"kontrast index: {len(lost_shards)} shard(s) of {src} could not be read and are not marked done "
+              "(repair them and re-run)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_compressed(args: argparse.Namespace, src: str, layout: str, spec: str, fp: str, dim: int,
+                    max_memory: int | None, progress, bar) -> int:
+    """The compressed (ivfpq) build for collections larger than memory (see ``search.bulk``)."""
+    from ..search.bulk import import_compressed
+
+    try:
+        stats, skipped = import_compressed(src, args.index, spec, fp, dim, layout, max_memory, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    p = stats.params
+    print(f"{args.index}: {stats.n} image vectors (ivfpq: {p.get('note', '')}, nprobe={p.get('nprobe')}, "
+          f"recall@10 {p.get('tuned_recall')} re-ranked, {p.get('tuned_recall_no_rerank')} without); from {layout} "
+          f"embeddings in {src}: {stats.encoded} shards encoded, {stats.unchanged} unchanged, "
+          f"{len(stats.skipped)} skipped, {stats.duplicates} duplicate paths")
+    for s in skipped[:10]:
+        print(f"  skipped {s.name}: {s.reason}")
+    if stats.skipped:
+        print(f"kontrast index: {len(stats.skipped)} shard(s) of {src} could not be read and are not marked done "
               "(repair them and re-run)", file=sys.stderr)
         return 1
     return 0

@@ -273,6 +273,9 @@ def update_index(
     with WriteLock(folder):
         index = SearchIndex.create(folder, model_spec, fp, int(model.embed_dim), index_type or "auto")
         index.check_model(fp, model_spec)
+        if index.index_type == "ivfpq":  # compressed.KIND: vectors live in the embedding shards it was built from
+            raise KontrastError(f"index {folder} is a compressed (ivfpq) index built from embeddings; update it with "
+                                "kontrast index --from-embeddings, or give a new --index DIR")
         if index_type is not None and index_type != index.index_type:
             with index.store.transaction() as db:
                 index.store.set_info(db, index_type=index_type)

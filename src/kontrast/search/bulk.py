@@ -52,7 +52,8 @@ NPROBE_LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class ShardSource(Protocol):
     """One shard of embeddings: ``key`` (stable id, e.g. its absolute path), ``signature`` (size, mtime_ns),
     ``rows`` (from the file header, without reading it), ``vectors()`` -> [rows, d] (a memory map is best:
-    sampling reads a few rows of each shard) and ``meta()`` -> ``rows`` dicts (image_path, caption, ...)."""
+    sampling reads a few rows of each shard) and ``load()`` -> ``(vectors [r, d], meta: r dicts)`` with
+    ``r <= rows`` (bad rows dropped) or None when the shard cannot be used (skipped and counted)."""
 
     key: str
     signature: tuple[int, int]
@@ -60,7 +61,7 @@ class ShardSource(Protocol):
 
     def vectors(self) -> np.ndarray: ...
 
-    def meta(self) -> list[dict[str, Any]]: ...
+    def load(self) -> tuple[np.ndarray, list[dict[str, Any]]] | None: ...
 
 
 @dataclass
@@ -70,6 +71,7 @@ class BulkStats:
     encoded: int = 0  # shards encoded by this run
     unchanged: int = 0
     duplicates: int = 0  # rows whose path was already indexed (left out of the metadata)
+    skipped: list[str] = field(default_factory=list)  # shards that could not be read (not marked done)
     seconds: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -183,8 +185,12 @@ class _Builder:
                 if self.progress:
                     self.progress(s.rows, int(self.starts[-1]))
                 continue
-            vectors, meta = s.vectors(), s.meta()
-            if len(vectors) != s.rows or len(meta) != len(vectors):
+            loaded = s.load()
+            if loaded is None:
+                self.stats.skipped.append(s.key)
+                continue
+            vectors, meta = loaded
+            if len(vectors) > s.rows or len(meta) != len(vectors):
                 raise KontrastError(f"{s.key}: {len(vectors)} vectors and {len(meta)} metadata rows, its header says "
                                     f"{s.rows}; a shard must not change while it is indexed")
             x = _normalised(vectors)  # [rows, d] float32
@@ -199,7 +205,7 @@ class _Builder:
             k = min(11, len(x))
             scores, rows = faiss.knn(tune_queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)
             _write_atomic(files["knn"], functools.partial(_savez, scores=scores, ids=ids[rows], start=int(self.starts[i]),
-                                                          rows=len(ids)))
+                                                          rows=s.rows))
             del x
             with self.store.transaction() as db:
                 gen = self.store.bump_generation(db)
@@ -227,6 +233,8 @@ class _Builder:
         best_i = np.zeros((len(tune_queries), 0), np.int64)
         for i in range(len(self.shards)):
             files = self._files(i)
+            if not files["part"].is_file():  # a shard that could not be read: its ids stay empty
+                continue
             part = faiss.read_index(os.fspath(files["part"]))
             ivf.merge_from(faiss.extract_index_ivf(part), 0)
             index.ntotal = ivf.ntotal
@@ -241,8 +249,9 @@ class _Builder:
         p = state["plan"]
         params = AnnParams(kind=compressed.KIND, nlist=p["nlist"], built_n=int(ivf.ntotal), requested=compressed.KIND,
                            note=f"{compressed.PQPlan(**p).factory}, {p['m'] + 8} bytes a vector")
-        entries = [{"file": f"vectors/img-{i:06d}.npy", "start": int(self.starts[i]), "rows": int(s.rows)}
-                   for i, s in enumerate(self.shards)]
+        entries = [{"file": f"vectors/img-{i:06d}.npy", "start": int(self.starts[i]),
+                    "rows": int(np.load(self._files(i)["vectors"], mmap_mode="r").shape[0])}
+                   for i in range(len(self.shards)) if self._files(i)["part"].is_file()]
         served = compressed.CompressedIndex(index, compressed.VectorShards(self.folder, entries))
         extra = _tune(served, tune_queries, tune_ids, truth, params)
         return params, index, {**extra, "vector_shards": entries, "plan": p}
@@ -329,3 +338,65 @@ def build_compressed(folder: str | os.PathLike, shards: Sequence[ShardSource], o
         stats.params = {**params.to_dict(), **{k: v for k, v in extra.items() if k != "vector_shards"}}
         index.close()
     return stats
+
+
+# ------------------------------------------------------------------------------- --from-embeddings
+class EmbeddingShardSource:
+    """An ``embedding_sources.ShardFiles`` as a ``ShardSource`` (image embeddings; rows read by ``read_shard``)."""
+
+    def __init__(self, shard, dim: int, skipped: list) -> None:
+        from .import_embeddings import count_embeddings_of
+
+        self.shard, self.dim, self.skipped_parts = shard, dim, skipped
+        self.key = shard.key
+        self.signature = shard.signature()
+        self.rows = count_embeddings_of(shard) if shard.image is not None else 0
+
+    def vectors(self) -> np.ndarray:
+        if self.shard.image is None:
+            return np.zeros((0, self.dim), np.float32)
+        return np.load(self.shard.image, mmap_mode="r", allow_pickle=False)
+
+    def load(self) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+        from .embedding_sources import read_shard
+
+        read = read_shard(self.shard, self.dim, self.skipped_parts)
+        if read is None or read.image is None:
+            return None
+        return read.image, read.meta
+
+
+def use_compressed(n: int, dim: int, index_type: str | None, current: str | None, max_memory: int | None) -> bool:
+    """Whether ``kontrast index --from-embeddings`` builds the compressed kind for ``n`` vectors.
+
+    Forced with ``--index-type ivfpq`` (or kept for an index that is already compressed); with ``auto`` (or
+    nothing) above ``compressed.COMPRESS_ABOVE`` vectors, or when the float32 vectors would not fit
+    ``--max-index-memory``.
+    """
+    wanted = index_type or current or "auto"
+    if wanted == compressed.KIND:
+        return True
+    if wanted != "auto":
+        return False
+    return n > compressed.COMPRESS_ABOVE or (max_memory is not None and n * (dim * 4 + 8) > max_memory)
+
+
+def import_compressed(src: str | os.PathLike, folder: str | os.PathLike, model_spec: str, fingerprint: str, dim: int,
+                      layout: str | None = None, max_memory: int | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[BulkStats, list]:
+    """``build_compressed`` over an embeddings folder (kontrast's or clip-retrieval's layout); also returns
+    the ``SkippedPart``s of shards (or rows) that could not be read."""
+    from .embedding_sources import collection_dim, detect_layout, list_shards
+
+    layout = layout or detect_layout(src)
+    found = collection_dim(src, layout)
+    if found is not None and found != dim:
+        raise KontrastError(f"the embeddings in {src} have dimension {found} but model {model_spec} makes {dim}: "
+                            "pass the --model (and --pretrained) that made them")
+    skipped: list = []
+    shards = [EmbeddingShardSource(s, dim, skipped) for s in list_shards(src, layout) if s.image is not None]
+    if not shards:
+        raise KontrastError(f"{src} holds no image embeddings to build a compressed index from")
+    stats = build_compressed(folder, shards, os.path.abspath(os.fspath(src)), model_spec, fingerprint, dim,
+                             max_memory or compressed.DEFAULT_MAX_MEMORY, progress)
+    return stats, skipped
