@@ -96,6 +96,11 @@ def test_plan_fits_budget_and_parse_memory():
     assert compressed.parse_memory("1.5G") == int(1.5 * (1 << 30)) and compressed.parse_memory("512MB") == 512 << 20
     with pytest.raises(KontrastError, match="not a size"):
         compressed.parse_memory("lots")
+    # the automatic choice: compressed above 1M vectors, or when float32 vectors exceed the budget
+    assert bulk.use_compressed(1_500_000, 512, None, None, None) and bulk.use_compressed(10, 512, "ivfpq", None, None)
+    assert not bulk.use_compressed(500_000, 512, "auto", None, None)
+    assert bulk.use_compressed(500_000, 512, "auto", None, 512 << 20) and not bulk.use_compressed(500_000, 512, "ivf", None, 1)
+    assert bulk.use_compressed(10, 512, None, "ivfpq", None)  # an index that is compressed stays so
 
 
 def test_recall_rerank_budget_and_mmap(built):
@@ -190,7 +195,7 @@ def test_server_searches_compressed_index(tmp_path, fixtures_dir):
     app = create_app(searcher)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         health = client.get("/health").json()
-        assert health["image_index"]["kind"] == "ivfpq" and health["items"] == 8000
+        assert health["image_index"]["kind"] == "ivfpq" and health["items"] == health["images"] == 8000
         res = client.get("/search", params={"q": "a red flag", "k": 5}).json()["results"]
         direct = searcher.search(text="a red flag", k=5)
         assert [r["id"] for r in res] == [r.id for r in direct] and len(res) == 5

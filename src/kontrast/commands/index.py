@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                    help="DataLoader workers decoding images (0: in this process)")
     p.add_argument("--index-type", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"], default=None,
                    help="FAISS index: auto (flat below 100k vectors, else a tuned IVF; with --from-embeddings above "
-                   "2M vectors, or above --max-index-memory, the compressed ivfpq), or force one (ivfpq: "
+                   "1M vectors, or above --max-index-memory, the compressed ivfpq), or force one (ivfpq: "
                    "--from-embeddings only) (default: keep the index's current choice; auto for a new index)")
     p.add_argument("--max-index-memory", default=None, metavar="SIZE",
                    help="memory budget of the index (e.g. 4G): the compressed ivfpq index is sized to fit it, and "

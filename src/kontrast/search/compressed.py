@@ -1,19 +1,23 @@
 """The compressed index kind (``ivfpq``): collections larger than memory, served memory-mapped.
 
-Below ``COMPRESS_ABOVE`` vectors (or while the float32 vectors fit ``--max-index-memory``) ``ann.py``'s
-flat / IVF-Flat indexes are used: they keep every vector in RAM (and SQLite keeps a float32 copy), 4 KB a
-512-d vector twice over. ``benchmarks/search.py`` measured 6.3 GB peak RSS for 1M vectors that way, so
-at 2M the 8 GB goal is already out of reach; above that, this kind is chosen.
+Below ``COMPRESS_ABOVE`` (1M) vectors, and while the float32 vectors fit ``--max-index-memory``, ``ann.py``'s
+flat / IVF-Flat indexes are used: they keep every vector in RAM, and SQLite keeps a float32 copy (4.7 KB a
+512-d row in ``index.sqlite``: 946 MB for 200k rows, ``benchmarks/import_embeddings.py``). Measured peaks:
+6.3 GB RSS for 1M vectors (``benchmarks/search.py``), 3.1 GB for a 200k import; both grow linearly, so
+above 1M the 8 GB goal is out of reach that way, and this kind is chosen.
 
-Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``OPQ{m}_{d'},IVF{nlist}_HNSW32,PQ{m}``:
+Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist}_HNSW32,PQ{m}``:
 
-- ``m`` bytes of PQ code a vector (8-bit sub-quantizers), the largest of ``CODE_SIZES`` whose codes and
-  ids (``n * (m + 8)`` bytes, plus the coarse centroids) fit ``max_memory`` (``--max-index-memory``);
-  capped at ``MAX_CODE`` because the scan cost per candidate grows with ``m`` and the exact re-rank recovers
-  the recall (see ``benchmarks/search_scale.py``).
-- OPQ rotation to ``d' = min(d, 4 m)`` dimensions (4 dimensions per sub-quantizer), as autofaiss does.
-- ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST``: more lists mean faster queries but a
-  k-means whose cost grows with ``nlist`` squared (its training sample grows with it) on 2 cores. The coarse
+- ``m`` bytes of PQ code a vector (8-bit sub-quantizers of >= 4 dimensions), the largest of ``CODE_SIZES``
+  whose codes and ids (``n * (m + 8)`` bytes, plus the coarse centroids) fit ``max_memory``
+  (``--max-index-memory``); capped at ``MAX_CODE`` (64) because the scan cost per candidate grows with
+  ``m`` and the exact re-rank recovers the recall (see ``benchmarks/search_scale.py``).
+- no OPQ rotation by default (``plan(opq=True)`` adds one to ``4 m`` dimensions, as autofaiss does): with
+  the FAISS wheel installed here (its generic build: no AVX2 / AVX-512 kernels load) OPQ training alone ran
+  past 15 minutes on 262k vectors of 1M, longer than the whole 10M build without it, and the exact re-rank
+  already brings recall@10 to the target.
+- ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST`` (2048): more lists mean faster queries but
+  a k-means whose cost grows with ``nlist`` squared (its training sample grows with it) on 2 cores. The coarse
   quantizer is an HNSW graph over the centroids, so assigning 10M vectors to lists is a graph walk rather
   than ``nlist`` dot products each.
 - trained on a seeded sample of at most ``TRAIN_POINTS_PER_LIST * nlist`` (and ``MAX_TRAIN``) vectors;
@@ -40,7 +44,7 @@ import numpy as np
 from ..errors import KontrastError
 
 KIND = "ivfpq"
-COMPRESS_ABOVE = 2_000_000  # vectors; see the module docstring
+COMPRESS_ABOVE = 1_000_000  # vectors; see the module docstring
 DEFAULT_MAX_MEMORY = 4 << 30  # bytes of index (codes, ids, centroids) when --max-index-memory is not given
 CODE_SIZES = (4, 8, 16, 32, 48, 64, 96, 128)  # PQ bytes a vector that the planner picks from
 MAX_CODE = 64

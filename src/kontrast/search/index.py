@@ -118,6 +118,8 @@ class SearchIndex:
             loaded = anns.get(name)
             if loaded is not None:
                 out[f"{name}_index"] = loaded.params.to_dict()
+                if loaded.params.kind == compressed.KIND:  # its vectors are in .npy shards, not in SQLite
+                    out["images" if name == "image" else "captions"] = loaded.index.ntotal
         return out
 
     # ---------------------------------------------------------------------------------- FAISS files
