@@ -16,7 +16,7 @@ Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist}_HNSW32,PQ{m}
   the FAISS wheel installed here (its generic build: no AVX2 / AVX-512 kernels load) OPQ training alone ran
   past 15 minutes on 262k vectors of 1M, longer than the whole 10M build without it, and the exact re-rank
   already brings recall@10 to the target.
-- ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST`` (2048): more lists mean faster queries but
+- ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST`` (8192): more lists mean faster queries but
   a k-means whose cost grows with ``nlist`` squared (its training sample grows with it) on 2 cores. The coarse
   quantizer is an HNSW graph over the centroids, so assigning 10M vectors to lists is a graph walk rather
   than ``nlist`` dot products each.
@@ -25,7 +25,7 @@ Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist}_HNSW32,PQ{m}
 
 Serving: the index file is read with ``faiss.IO_FLAG_MMAP`` (its inverted lists become ``OnDiskInvertedLists``
 over the file: only the probed lists are paged in). The raw vectors stay in the ``.npy`` shards written at
-build time (float16 when the source was float16), also memory-mapped; each query's top ``rerank``
+build time (float16 when the source was float16), read row by row (``os.pread``); each query's top ``rerank``
 candidates (``RERANK`` = 100) are re-scored exactly against them, which is what brings recall@10 from the
 PQ approximation to >= 0.95. ``nprobe`` is tuned at build time (``bulk.py``) on sampled collection vectors.
 """
@@ -49,7 +49,7 @@ DEFAULT_MAX_MEMORY = 4 << 30  # bytes of index (codes, ids, centroids) when --ma
 CODE_SIZES = (4, 8, 16, 32, 48, 64, 96, 128)  # PQ bytes a vector that the planner picks from
 MAX_CODE = 64
 MIN_SUB_DIM = 4  # dimensions a sub-quantizer at least (m <= d / 4)
-MAX_NLIST = 2048
+MAX_NLIST = 8192
 MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points a centroid
 TRAIN_POINTS_PER_LIST = 50
 MAX_TRAIN = 131_072
@@ -148,34 +148,53 @@ def set_nprobe(index, nprobe: int) -> None:
 
 # ---------------------------------------------------------------------------------------- raw vectors
 class VectorShards:
-    """Memory-mapped ``.npy`` vector shards; shard ``i`` holds the vectors of ids ``start_i .. start_i + rows_i``."""
+    """The ``.npy`` vector shards; shard ``i`` holds the vectors of ids ``start_i .. start_i + rows_i``.
+
+    Rows are read with ``os.pread`` rather than through a memory map: a re-rank touches ~100 random rows a
+    query, and every page touched through a map (with the kernel's fault-around, 64 KB at a time) stays in the
+    process' resident set; after a few thousand queries that was most of the 10 GB of shards (measured).
+    """
 
     def __init__(self, folder: Path, entries: list[dict[str, Any]]) -> None:
         self.entries = sorted(entries, key=lambda e: e["start"])
         self.starts = np.array([e["start"] for e in self.entries], np.int64)
-        self.arrays = [np.load(folder / e["file"], mmap_mode="r") for e in self.entries]
-        for e, a in zip(self.entries, self.arrays):
-            if a.shape[0] != e["rows"]:
-                raise KontrastError(f"{folder / e['file']} holds {a.shape[0]} vectors, its index expects {e['rows']}; "
-                                    "rebuild the index")
+        self.files: list[tuple[int, int, np.dtype, int]] = []  # (fd, data offset, dtype, dim)
+        for e in self.entries:
+            path = folder / e["file"]
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(f)
+                offset = f.tell()
+            if shape[0] != e["rows"] or fortran or len(shape) != 2:
+                raise KontrastError(f"{path} holds {shape[0]} vectors, its index expects {e['rows']}; rebuild the index")
+            self.files.append((os.open(path, os.O_RDONLY), offset, np.dtype(dtype), int(shape[1])))
+
+    def close(self) -> None:
+        for fd, *_ in self.files:
+            os.close(fd)
+        self.files = []
+
+    def __del__(self) -> None:
+        self.close()
 
     def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors [len(ids), d] float32, found [len(ids)] bool)``; ids outside every shard are not found."""
         ids = np.asarray(ids, np.int64)
-        d = self.arrays[0].shape[1] if self.arrays else 0
+        d = self.files[0][3] if self.files else 0
         out = np.zeros((len(ids), d), np.float32)
         found = np.zeros(len(ids), bool)
-        if not self.arrays or not len(ids):
+        if not self.files or not len(ids):
             return out, found
         shard = np.searchsorted(self.starts, ids, side="right") - 1
-        for s in np.unique(shard[shard >= 0]):
-            sel = np.flatnonzero(shard == s)
-            rows = ids[sel] - self.starts[s]
-            ok = rows < self.entries[s]["rows"]
-            sel, rows = sel[ok], rows[ok]
-            order = np.argsort(rows)  # sorted reads from the memory map
-            out[sel[order]] = self.arrays[s][rows[order]]
-            found[sel] = True
+        for k, (s, row) in enumerate(zip(shard.tolist(), (ids - self.starts[np.maximum(shard, 0)]).tolist())):
+            if s < 0 or row >= self.entries[s]["rows"]:
+                continue
+            fd, offset, dtype, dim = self.files[s]
+            size = dim * dtype.itemsize
+            out[k] = np.frombuffer(os.pread(fd, size, offset + row * size), dtype)
+            found[k] = True
         return out, found
 
 
