@@ -122,17 +122,22 @@ def step_eval(args) -> list[dict]:
     faiss.omp_set_num_threads(1)  # one query per call, as the server makes; the other core serves another
     queries = np.load(Path(args.data) / "queries.npy")[: args.queries]
     truth = ground_truth(args, queries)
+    from kontrast.search import compressed
+
     index = SearchIndex(args.index)
     loaded = index.ann("image")
     served = loaded.index
+    tuned = loaded.params.nprobe
     rows = []
-    for rerank in (0, served.rerank or 100):
+    for nprobe, rerank in ((tuned, served.rerank or 100), (tuned, 0), (max(1, tuned // 8), served.rerank or 100)):
         served.rerank = rerank
-        index.search(queries[:20], 10)  # warm the page cache of the probed lists
+        compressed.set_nprobe(served.index, nprobe)
+        index.search(queries[:20], 10)  # warm up
         found, p50, p99 = latency(lambda q: index.search(q, 10), queries)
-        rows.append({"step": "eval", "index": f"kontrast ivfpq nprobe={loaded.params.nprobe}", "rerank": rerank,
+        rows.append({"step": "eval", "index": f"kontrast {loaded.params.note} nprobe={nprobe}", "rerank": rerank,
                      "recall@10": round(recall(found, truth), 4), "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
                      "rss_gb": round(peak_rss_gb(), 2), "load": load_avg()})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 

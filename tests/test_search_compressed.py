@@ -88,7 +88,7 @@ def built(tmp_path_factory):
 def test_plan_fits_budget_and_parse_memory():
     p = compressed.plan(10_000_000, 512, compressed.parse_memory("4G"))
     assert p.index_bytes() <= 4 << 30 and p.m == compressed.MAX_CODE and p.nlist == compressed.MAX_NLIST
-    assert p.factory == "IVF8192_HNSW32,PQ64" and compressed.plan(10_000_000, 512, 4 << 30, opq=True).opq_dim == 256
+    assert p.factory == "IVF2048,PQ64" and compressed.plan(10_000_000, 512, 4 << 30, opq=True).opq_dim == 256
     small = compressed.plan(10_000_000, 512, compressed.parse_memory("500M"))
     assert small.m < p.m and small.index_bytes() <= 500 << 20
     with pytest.raises(compressed.MemoryBudgetError):

@@ -6,7 +6,7 @@ flat / IVF-Flat indexes are used: they keep every vector in RAM, and SQLite keep
 6.3 GB RSS for 1M vectors (``benchmarks/search.py``), 3.1 GB for a 200k import; both grow linearly, so
 above 1M the 8 GB goal is out of reach that way, and this kind is chosen.
 
-Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist}_HNSW32,PQ{m}``:
+Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist},PQ{m}``:
 
 - ``m`` bytes of PQ code a vector (8-bit sub-quantizers of >= 4 dimensions), the largest of ``CODE_SIZES``
   whose codes and ids (``n * (m + 8)`` bytes, plus the coarse centroids) fit ``max_memory``
@@ -16,10 +16,11 @@ Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist}_HNSW32,PQ{m}
   the FAISS wheel installed here (its generic build: no AVX2 / AVX-512 kernels load) OPQ training alone ran
   past 15 minutes on 262k vectors of 1M, longer than the whole 10M build without it, and the exact re-rank
   already brings recall@10 to the target.
-- ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST`` (8192): more lists mean faster queries but
-  a k-means whose cost grows with ``nlist`` squared (its training sample grows with it) on 2 cores. The coarse
-  quantizer is an HNSW graph over the centroids, so assigning 10M vectors to lists is a graph walk rather
-  than ``nlist`` dot products each.
+- ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST`` (2048), with an exact (flat) coarse
+  quantizer. Measured on the 10M set (``benchmarks/search_scale.py``) with the FAISS wheel here: an HNSW
+  coarse quantizer (autofaiss' choice) put 7% of the vectors in a list other than their nearest at 2048
+  lists (efSearch 16), 36% at 8192, and was slower than the BLAS assignment to 2048 centroids (1.2 s vs
+  0.9 s for 20k vectors); 8192 flat lists would cost 4x the assignment (~30 min for 10M on 2 cores).
 - trained on a seeded sample of at most ``TRAIN_POINTS_PER_LIST * nlist`` (and ``MAX_TRAIN``) vectors;
   polysemous training off (it only helps Hamming filtering, which is not used).
 
@@ -49,12 +50,11 @@ DEFAULT_MAX_MEMORY = 4 << 30  # bytes of index (codes, ids, centroids) when --ma
 CODE_SIZES = (4, 8, 16, 32, 48, 64, 96, 128)  # PQ bytes a vector that the planner picks from
 MAX_CODE = 64
 MIN_SUB_DIM = 4  # dimensions a sub-quantizer at least (m <= d / 4)
-MAX_NLIST = 8192
+MAX_NLIST = 2048
 MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points a centroid
 TRAIN_POINTS_PER_LIST = 50
 MAX_TRAIN = 131_072
 RERANK = 100
-HNSW_QUANTIZER_M = 32
 
 
 class MemoryBudgetError(KontrastError):
@@ -86,14 +86,13 @@ class PQPlan:
     @property
     def factory(self) -> str:
         opq = f"OPQ{self.m}_{self.opq_dim}," if self.opq_dim else ""
-        return f"{opq}IVF{self.nlist}_HNSW{HNSW_QUANTIZER_M},PQ{self.m}"
+        return f"{opq}IVF{self.nlist},PQ{self.m}"
 
     def index_bytes(self, n: int | None = None) -> int:
         """Memory the index needs for ``n`` vectors: codes + ids, coarse centroids and their graph, OPQ, PQ."""
         n = self.n if n is None else n
         d = self.opq_dim or self.dim
-        return (n * (self.m + 8) + self.nlist * (d * 4 + HNSW_QUANTIZER_M * 2 * 4) + self.dim * d * 4
-                + 256 * d * 4)
+        return n * (self.m + 8) + self.nlist * d * 4 + (self.dim * d * 4 if self.opq_dim else 0) + 256 * d * 4
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "dim": self.dim, "m": self.m, "opq_dim": self.opq_dim, "nlist": self.nlist,
@@ -128,7 +127,7 @@ def plan(n: int, dim: int, max_memory: int = DEFAULT_MAX_MEMORY, opq: bool = Fal
 
 
 def empty_index(p: PQPlan):
-    """An untrained ``IndexPreTransform(OPQ) -> IndexIVFPQ`` with an HNSW coarse quantizer (inner product)."""
+    """An untrained ``IndexIVFPQ`` (after an OPQ ``IndexPreTransform`` when planned), inner product."""
     import faiss
 
     index = faiss.index_factory(p.dim, p.factory, faiss.METRIC_INNER_PRODUCT)
@@ -141,9 +140,6 @@ def set_nprobe(index, nprobe: int) -> None:
 
     ivf = faiss.extract_index_ivf(index)
     ivf.nprobe = int(nprobe)
-    quantizer = faiss.downcast_index(ivf.quantizer)
-    if isinstance(quantizer, faiss.IndexHNSW):  # the graph must return at least nprobe centroids
-        quantizer.hnsw.efSearch = max(64, 2 * int(nprobe))
 
 
 # ---------------------------------------------------------------------------------------- raw vectors
