@@ -160,7 +160,13 @@ def step_autofaiss(args) -> list[dict]:
             "print(json.dumps({'seconds': round(time.time()-t, 1), 'peak_rss_gb': "
             "round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), 'info': info}, default=str))\n")
     t0 = time.time()
-    proc = subprocess.run([args.autofaiss_python, "-c", code], capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run([args.autofaiss_python, "-c", code], capture_output=True, text=True, check=False,
+                              timeout=args.autofaiss_timeout)
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return [{"step": "autofaiss", "error": f"not finished after {args.autofaiss_timeout} s",
+                 "log": [line for line in err.splitlines() if "WARNING clustering" not in line][-8:], "load": load_avg()}]
     if proc.returncode != 0:
         return [{"step": "autofaiss", "error": proc.stderr.strip().splitlines()[-5:]}]
     built = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -188,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--max-index-memory", default="4G")
     ap.add_argument("--autofaiss-python", default="/work/afenv/bin/python")
+    ap.add_argument("--autofaiss-timeout", type=float, default=None, help="seconds before the autofaiss build is stopped")
     ap.add_argument("--out", default=None, help="append the result lines (JSON) to this file")
     args = ap.parse_args(argv)
     import logging

@@ -13,9 +13,10 @@ Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist},PQ{m}``:
   (``--max-index-memory``); capped at ``MAX_CODE`` (64) because the scan cost per candidate grows with
   ``m`` and the exact re-rank recovers the recall (see ``benchmarks/search_scale.py``).
 - no OPQ rotation by default (``plan(opq=True)`` adds one to ``4 m`` dimensions, as autofaiss does): with
-  the FAISS wheel installed here (its generic build: no AVX2 / AVX-512 kernels load) OPQ training alone ran
-  past 15 minutes on 262k vectors of 1M, longer than the whole 10M build without it, and the exact re-rank
-  already brings recall@10 to the target.
+  the FAISS wheel installed here (its generic build: no AVX2 / AVX-512 kernels load) OPQ made training 9x
+  slower at small scale (121 s against 13 s, 20k 64-d vectors) and ``OPQ64_256,IVF4096_HNSW32,PQ64`` on 262k
+  vectors had not finished after 14 minutes, longer than the whole 10M build without it (591 s); the exact
+  re-rank brings recall@10 to the target instead.
 - ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST`` (2048), with an exact (flat) coarse
   quantizer. Measured on the 10M set (``benchmarks/search_scale.py``) with the FAISS wheel here: an HNSW
   coarse quantizer (autofaiss' choice) put 7% of the vectors in a list other than their nearest at 2048
