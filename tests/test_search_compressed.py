@@ -200,6 +200,12 @@ def test_server_searches_compressed_index(tmp_path, fixtures_dir):
         direct = searcher.search(text="a red flag", k=5)
         assert [r["id"] for r in res] == [r.id for r in direct] and len(res) == 5
         assert res[0]["path"].startswith("img_emb_") and res[0]["score"] >= res[-1]["score"]
+        # --exclude reads the hits' vectors: from the vector shards of a compressed index
+        excl = client.get("/search", params={"q": "a red flag", "k": 5, "exclude": "a keycap"}).json()["results"]
+        assert excl and len(excl) <= 5
+        vec = searcher.index.vectors([res[0]["id"]])[res[0]["id"]]
+        np.testing.assert_allclose(vec, np.load(paths[0] if res[0]["id"] < 4000 else paths[1])[res[0]["id"] % 4000],
+                                   atol=2e-3)
 
 
 def test_cli_from_embeddings_builds_ivfpq(tmp_path, fixtures_dir, capsys):

@@ -317,6 +317,15 @@ class SearchIndex:
         k = max(1, min(int(k), loaded.index.ntotal))
         return loaded.index.search(queries, k)
 
+    def vectors(self, ids, name: str = "image") -> dict[int, np.ndarray]:
+        """Stored vectors of ``ids`` (those that have one): from SQLite, or a compressed index's vector shards."""
+        loaded = self.ann(name)
+        if loaded is not None and loaded.params.kind == compressed.KIND and loaded.index.vectors is not None:
+            ids = np.fromiter((int(i) for i in ids), np.int64)
+            vecs, found = loaded.index.vectors.gather(ids)
+            return {int(i): v for i, v, ok in zip(ids, vecs, found) if ok}
+        return self.store.vectors(ids, COLUMNS[name], self.dim)
+
     def close(self) -> None:
         self.store.close()
 

@@ -197,10 +197,9 @@ class Searcher:
     def _filter(self, hits: list[tuple[float, int]], ex_vecs: np.ndarray, text_vec: np.ndarray | None,
                 threshold: float | None) -> list[tuple[float, int]]:
         """Drop hits whose image is closer to an excluded text than allowed."""
-        store, dim = self.index.store, self.index.dim
-        rows = store.rows([i for _, i in hits])
+        rows = self.index.store.rows([i for _, i in hits])
         owner = {i: (rows[i]["alias_of"] or i) for _, i in hits if i in rows}
-        vecs = store.vectors(set(owner.values()), "image_vec", dim)
+        vecs = self.index.vectors(set(owner.values()), "image")
         kept = []
         for score, i in hits:
             v = vecs.get(owner.get(i, -1))
