@@ -13,7 +13,7 @@ Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist},PQ{m}``:
   (``--max-index-memory``); capped at ``MAX_CODE`` (64) because the scan cost per candidate grows with
   ``m`` and the exact re-rank recovers the recall (see ``benchmarks/search_scale.py``).
 - no OPQ rotation by default (``plan(opq=True)`` adds one to ``4 m`` dimensions, as autofaiss does): with
-  the FAISS wheel installed here (its generic build: no AVX2 / AVX-512 kernels load) OPQ made training 9x
+  the FAISS wheel installed here (faiss-cpu 1.15.1, run-time SIMD dispatch at AVX512) OPQ made training 9x
   slower at small scale (121 s against 13 s, 20k 64-d vectors) and ``OPQ64_256,IVF4096_HNSW32,PQ64`` on 262k
   vectors had not finished after 14 minutes, longer than the whole 10M build without it (591 s); the exact
   re-rank brings recall@10 to the target instead.
