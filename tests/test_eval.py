@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -348,8 +349,6 @@ def test_long_text_average_reaches_eval_features_and_cache(clip, tmp_path):
     model, _, tok = clip
     with pytest.warns(LongTextWarning):
         cut = features.text_features(model, tok, [LONG_CAPTION], cache_dir=tmp_path / "c")
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", LongTextWarning)
         avg = features.text_features(model, tok, [LONG_CAPTION], cache_dir=tmp_path / "c", long_text="average")

@@ -103,15 +103,7 @@ def run_import(args: argparse.Namespace) -> int:
           f"from {layout} embeddings in {src}: {stats.imported} shards imported, {stats.unchanged} unchanged, "
           f"{len(lost_shards)} skipped; +{stats.added} rows, {stats.removed} removed, {stats.duplicates} duplicate "
           f"paths, {stats.skipped_rows} rows skipped")
-    for s in stats.skipped[:10]:
-        print(f"  skipped {s.name}: {s.reason}")
-    if len(stats.skipped) > 10:
-        print(f"  ... and {len(stats.skipped) - 10} more")
-    if lost_shards:
-        print(f"kontrast index: {len(lost_shards)} shard(s) of {src} could not be read and are not marked done "
-              "(repair them and re-run)", file=sys.stderr)
-        return 1
-    return 0
+    return _report_skipped(src, stats.skipped, len(lost_shards))
 
 
 def _run_compressed(args: argparse.Namespace, src: str, layout: str, spec: str, fp: str, dim: int,
@@ -129,10 +121,17 @@ def _run_compressed(args: argparse.Namespace, src: str, layout: str, spec: str, 
           f"recall@10 {p.get('tuned_recall')} re-ranked, {p.get('tuned_recall_no_rerank')} without); from {layout} "
           f"embeddings in {src}: {stats.encoded} shards encoded, {stats.unchanged} unchanged, "
           f"{len(stats.skipped)} skipped, {stats.duplicates} duplicate paths")
+    return _report_skipped(src, skipped, len(stats.skipped))
+
+
+def _report_skipped(src: str, skipped: list, lost_shards: int) -> int:
+    """List what was skipped (the first 10) and return the exit code: 1 when whole shards were lost."""
     for s in skipped[:10]:
         print(f"  skipped {s.name}: {s.reason}")
-    if stats.skipped:
-        print(f"kontrast index: {len(stats.skipped)} shard(s) of {src} could not be read and are not marked done "
+    if len(skipped) > 10:
+        print(f"  ... and {len(skipped) - 10} more")
+    if lost_shards:
+        print(f"kontrast index: {lost_shards} shard(s) of {src} could not be read and are not marked done "
               "(repair them and re-run)", file=sys.stderr)
         return 1
     return 0

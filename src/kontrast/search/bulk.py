@@ -347,7 +347,7 @@ class EmbeddingShardSource:
     """An ``embedding_sources.ShardFiles`` as a ``ShardSource`` (image embeddings; rows read by ``read_shard``)."""
 
     def __init__(self, shard, dim: int, skipped: list) -> None:
-        from .import_embeddings import count_embeddings_of
+        from .embedding_sources import count_embeddings_of
 
         self.shard, self.dim, self.skipped_parts = shard, dim, skipped
         self.key = shard.key

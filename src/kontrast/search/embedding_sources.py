@@ -287,15 +287,20 @@ def collection_dim(path: str | os.PathLike, layout: str | None = None) -> int | 
         return int(manifest["dim"])
     for shard in list_shards(path, layout):
         for p in (shard.image, shard.text):
-            if p is None:
-                continue
-            try:
-                shape = _npy_shape(p)
-            except (OSError, ValueError, EOFError):
-                continue
-            if len(shape) == 2:
+            shape = _readable_shape(p)
+            if shape is not None and len(shape) == 2:
                 return int(shape[1])
     return None
+
+
+def _readable_shape(path: Path | None) -> tuple[int, ...] | None:
+    """The shape in an ``.npy`` header, or None for no file or an unreadable header."""
+    if path is None:
+        return None
+    try:
+        return _npy_shape(path)
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 def iter_embedding_shards(path: str | os.PathLike, layout: str | None = None, *,
@@ -313,12 +318,11 @@ def count_embeddings(path: str | os.PathLike, layout: str | None = None) -> int:
     """Rows in the folder's shards, from the ``.npy`` headers alone (unreadable headers count 0)."""
     total = 0
     for shard in list_shards(path, layout):
-        p = shard.image or shard.text
-        if p is None:
-            continue
-        try:
-            shape = _npy_shape(p)
-        except (OSError, ValueError, EOFError):
-            continue
-        total += int(shape[0]) if shape else 0
+        total += count_embeddings_of(shard)
     return total
+
+
+def count_embeddings_of(shard: ShardFiles) -> int:
+    """Rows of one shard from its ``.npy`` header (0 when unreadable)."""
+    shape = _readable_shape(shard.image or shard.text)
+    return int(shape[0]) if shape else 0

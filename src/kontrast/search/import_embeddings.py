@@ -37,6 +37,7 @@ from .embedding_sources import (
     SkippedPart,
     collection_dim,
     count_embeddings,
+    count_embeddings_of,
     detect_layout,
     list_shards,
     read_shard,
@@ -252,12 +253,3 @@ def import_embeddings(
         stats.captions = index.store.count("text_vec")
         index.close()
     return stats
-
-
-def count_embeddings_of(shard: ShardFiles) -> int:
-    """Rows of one shard from its ``.npy`` header (0 when unreadable)."""
-    p = shard.image or shard.text
-    try:
-        return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0]) if p is not None else 0
-    except (OSError, ValueError, EOFError):
-        return 0
