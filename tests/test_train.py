@@ -174,6 +174,23 @@ def test_cosine_schedule_with_warmup() -> None:
     assert cosine_lr(10, 1.0, 4, 10, min_lr=0.1) == pytest.approx(0.1)
 
 
+def test_init_logit_scale_resets_a_finetuned_temperature_but_not_a_resume(tmp_path: Path, data_dir: Path,
+                                                                          fixtures_dir: Path) -> None:
+    import math
+
+    cfg = tiny_cfg(tmp_path, data_dir, model=str(fixtures_dir / "openai_vit.pt"), steps=2, save_every=1,
+                   init_logit_scale=40.0)
+    trainer = Trainer(cfg)
+    assert float(trainer.model.logit_scale.detach()) == pytest.approx(math.log(40.0))
+    last = trainer.run()
+    assert last["logit_scale"] != pytest.approx(40.0, abs=1e-9) and last["logit_scale"] == pytest.approx(40.0, rel=0.05)
+    resumed = Trainer(tiny_cfg(tmp_path, data_dir, model=str(fixtures_dir / "openai_vit.pt"), steps=2,
+                               init_logit_scale=40.0), resume="latest")
+    assert float(resumed.model.logit_scale.detach().exp()) == pytest.approx(last["logit_scale"], rel=1e-6)
+    with pytest.raises(KontrastError, match="init_logit_scale 0.0"):
+        Trainer(tiny_cfg(tmp_path, data_dir, init_logit_scale=0.0))
+
+
 def test_user_mistakes_are_one_line_errors(tmp_path: Path, data_dir: Path) -> None:
     with pytest.raises(KontrastError, match="no training data"):
         Trainer(TrainConfig(model="tiny-ViT"))

@@ -27,6 +27,7 @@ class TrainConfig:
     lock_text: bool = False  # freeze the text tower (an HF tower keeps its projection trainable)
     lock_text_proj: bool = False  # also freeze an HF tower's projection
     grad_checkpointing: bool = False
+    init_logit_scale: float | None = None  # start exp(logit_scale) at this value (fresh runs; a resume keeps the trained one)
     # ---- data
     train_data: list[str] | str | None = None  # folder, .csv, or shard paths / globs / brace patterns
     val_data: list[str] | str | None = None
@@ -180,5 +181,7 @@ def validate(cfg: TrainConfig) -> None:
         raise KontrastError(f"data_mode {cfg.data_mode!r} is not one of: auto, indexed, stream, cached")
     if cfg.batch_size < 2 or cfg.accum_steps < 1 or cfg.batch_size % cfg.accum_steps:
         raise KontrastError(f"batch_size {cfg.batch_size} must be >= 2 and divisible by accum_steps {cfg.accum_steps}")
+    if cfg.init_logit_scale is not None and not 0 < cfg.init_logit_scale <= 100:
+        raise KontrastError(f"init_logit_scale {cfg.init_logit_scale} must be in (0, 100] (exp of the logit scale, clamped to 100)")
     if cfg.lock_image and cfg.lock_text and cfg.lock_text_proj:
         raise KontrastError("both towers are locked: nothing to train")

@@ -41,7 +41,16 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------ model
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """A fresh model (architecture name or inline config) or a checkpoint to fine-tune."""
+    """A fresh model (architecture name or inline config) or a checkpoint to fine-tune, with its temperature
+    reset to ``cfg.init_logit_scale`` when the recipe sets one."""
+    model = _build_model(cfg)
+    if cfg.init_logit_scale is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(cfg.init_logit_scale))
+    return model
+
+
+def _build_model(cfg: TrainConfig) -> nn.Module:
     from .. import api
 
     if cfg.model_config is not None:
