@@ -70,7 +70,7 @@ def step_build(args) -> dict:
     shards = npy_shards(Path(args.data), args.shards)
     t0 = time.time()
     stats = bulk.build_compressed(args.index, shards, str(Path(args.data).resolve()), "bench", "0" * 16, 512,
-                                  compressed.parse_memory(args.max_index_memory))
+                                  compressed.parse_memory(args.max_index_memory), nlist=args.nlist)
     out = {"step": "build", "n": stats.n, "seconds": round(time.time() - t0, 1), "phases": stats.seconds,
            "peak_rss_gb": round(peak_rss_gb(), 2), "params": stats.params, "load": load_avg()}
     return out
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=int, default=None, help="use only the first N shards")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--max-index-memory", default="4G")
+    ap.add_argument("--nlist", type=int, default=None, help="IVF lists instead of the automatic choice (build)")
     ap.add_argument("--autofaiss-python", default="/work/afenv/bin/python")
     ap.add_argument("--autofaiss-timeout", type=float, default=None, help="seconds before the autofaiss build is stopped")
     ap.add_argument("--out", default=None, help="append the result lines (JSON) to this file")

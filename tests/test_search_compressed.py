@@ -62,6 +62,9 @@ def write_shards(root: Path, n: int = N, shards: int = SHARDS, dim: int = DIM) -
     return paths
 
 
+PQ_BUDGET = 300 << 10  # 12,000 SQ8 codes of 32 dims need ~512 KB: this budget makes the planner take PQ
+
+
 def build(folder: Path, paths: list[Path], max_memory: int = 64 << 20, dim: int = DIM, fp: str = "0" * 16,
           spec: str = "m") -> bulk.BulkStats:
     return bulk.build_compressed(folder, [Shard(p) for p in paths], str(paths[0].parent), spec, fp, dim, max_memory)
@@ -81,7 +84,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("compressed")
     paths = write_shards(root / "emb")
-    stats = build(root / "idx", paths)
+    stats = build(root / "idx", paths, max_memory=PQ_BUDGET)
     return root, paths, stats
 
 
@@ -89,6 +92,13 @@ def test_plan_fits_budget_and_parse_memory():
     p = compressed.plan(10_000_000, 512, compressed.parse_memory("4G"))
     assert p.index_bytes() <= 4 << 30 and p.m == compressed.MAX_CODE and p.nlist == compressed.MAX_NLIST
     assert p.factory == "IVF2048,PQ64" and compressed.plan(10_000_000, 512, 4 << 30, opq=True).opq_dim == 256
+    sq8 = compressed.plan(10_000_000, 512, compressed.parse_memory("6G"))  # a byte a dimension fits: SQ8
+    assert sq8.factory == "IVF2048,SQ8" and sq8.m == 512 and 4.8e9 < sq8.index_bytes() <= 6 << 30
+    assert compressed.plan(10_000_000, 512, 6 << 30, opq=True).factory == "OPQ64_256,IVF2048,PQ64"
+    assert compressed.PQPlan(**{k: v for k, v in p.to_dict().items() if k != "codec"}) == p  # plans saved before SQ8
+    assert compressed.plan(10_000_000, 512, 6 << 30, nlist=8192).factory == "IVF8192,SQ8"  # past the automatic cap
+    with pytest.raises(KontrastError, match="nlist 1000 must be between 1 and 25"):
+        compressed.plan(1000, 512, nlist=1000)
     small = compressed.plan(10_000_000, 512, compressed.parse_memory("500M"))
     assert small.m < p.m and small.index_bytes() <= 500 << 20
     with pytest.raises(compressed.MemoryBudgetError):
@@ -124,8 +134,38 @@ def test_recall_rerank_budget_and_mmap(built):
     _, ids_pq = index.search(queries, 10)
     without = recall(ids_pq, truth)
     assert with_rerank >= 0.95 and with_rerank > without, (with_rerank, without)
-    assert loaded.params.tuned_recall >= 0.95
+    assert loaded.params.tuned_recall >= 0.95 and ",PQ" in loaded.params.note
     index.close()
+
+
+def test_sq8_codes_when_the_budget_allows(built, tmp_path):
+    """A budget that holds a byte a dimension gets SQ8 codes: recall without the re-rank near exact, memory-mapped."""
+    import faiss
+
+    _, paths, _ = built
+    stats = build(tmp_path / "sq8", paths)  # 64 MB
+    assert stats.n == N
+    index = SearchIndex(tmp_path / "sq8")
+    loaded = index.ann("image")
+    assert loaded.params.kind == "ivfpq" and loaded.params.note.startswith("IVF256,SQ8, 40 bytes")
+    ivf = faiss.extract_index_ivf(loaded.index.index)
+    assert isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+    assert isinstance(faiss.downcast_index(ivf), faiss.IndexIVFScalarQuantizer)
+    queries = clustered(200, DIM, seed=7)
+    truth = exact_top10(paths, queries)
+    with_rerank = recall(index.search(queries, 10)[1], truth)
+    loaded.index.rerank = 0
+    without = recall(index.search(queries, 10)[1], truth)
+    assert with_rerank >= 0.95 and without >= 0.95, (with_rerank, without)
+    index.close()
+    # lists chosen by the caller; a rerun with another number trains again rather than mixing quantizers
+    for nlist in (64, 128):
+        bulk.build_compressed(tmp_path / "n", [Shard(p) for p in paths], str(paths[0].parent), "m", "0" * 16, DIM,
+                              nlist=nlist)
+        index = SearchIndex(tmp_path / "n")
+        assert index.ann("image").params.nlist == nlist and index.ann("image").params.note.startswith(f"IVF{nlist},")
+        assert recall(index.search(queries, 10)[1], truth) >= 0.9  # tuned to 0.95 on collection vectors
+        index.close()
 
 
 def test_rows_match_ids(built):

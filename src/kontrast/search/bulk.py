@@ -125,7 +125,8 @@ def _row_values(key: str, j: int, meta: dict[str, Any], gen: int, origin: str, s
 
 class _Builder:
     def __init__(self, index: SearchIndex, shards: Sequence[ShardSource], origin: str, max_memory: int,
-                 stats: BulkStats, progress: Callable[[int, int], None] | None) -> None:
+                 stats: BulkStats, progress: Callable[[int, int], None] | None, nlist: int | None = None) -> None:
+        self.nlist = nlist
         self.index, self.store, self.shards, self.origin = index, index.store, list(shards), origin
         self.max_memory, self.stats, self.progress = max_memory, stats, progress
         self.folder = index.folder
@@ -140,10 +141,10 @@ class _Builder:
         if saved:
             state = json.loads(saved)
             old = state["plan"]
-            if old["dim"] == dim and n <= 4 * old["n"] and old["n"] <= 4 * n and \
+            if old["dim"] == dim and n <= 4 * old["n"] and old["n"] <= 4 * n and self.nlist in (None, old["nlist"]) and \
                     (self.folder / "bulk" / "trained.faiss").is_file():
                 return state
-        p = compressed.plan(n, dim, self.max_memory)
+        p = compressed.plan(n, dim, self.max_memory, nlist=self.nlist)
         rng = np.random.default_rng(SEED)
         state = {"plan": p.to_dict(), "train_rows": np.sort(rng.choice(n, p.train_points, replace=False)).tolist(),
                  "tune_rows": np.sort(rng.choice(n, min(n, TUNE_QUERIES), replace=False)).tolist(), "generation": 0}
@@ -301,8 +302,9 @@ def _tune(served: compressed.CompressedIndex, queries: np.ndarray, query_ids: np
 
 def build_compressed(folder: str | os.PathLike, shards: Sequence[ShardSource], origin: str, model_spec: str,
                      model_fingerprint: str, dim: int, max_memory: int = compressed.DEFAULT_MAX_MEMORY,
-                     progress: Callable[[int, int], None] | None = None) -> BulkStats:
-    """Create or continue the compressed index in ``folder`` over ``shards`` (all of ``origin``, in order)."""
+                     progress: Callable[[int, int], None] | None = None, nlist: int | None = None) -> BulkStats:
+    """Create or continue the compressed index in ``folder`` over ``shards`` (all of ``origin``, in order);
+    ``nlist``: lists of the IVF instead of the automatic choice (a rerun with another value trains again)."""
     stats = BulkStats(shards=len(shards))
     with WriteLock(folder):
         index = SearchIndex.create(folder, model_spec, model_fingerprint, dim, compressed.KIND)
@@ -313,7 +315,7 @@ def build_compressed(folder: str | os.PathLike, shards: Sequence[ShardSource], o
                                 "folder: give a new --index DIR")
         with index.store.transaction() as db:
             index.store.set_info(db, index_type=compressed.KIND)
-        b = _Builder(index, shards, origin, max_memory, stats, progress)
+        b = _Builder(index, shards, origin, max_memory, stats, progress, nlist)
         stats.n = int(b.starts[-1])
         t0 = time.monotonic()
         state = b.plan()

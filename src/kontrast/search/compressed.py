@@ -1,4 +1,5 @@
-"""The compressed index kind (``ivfpq``): collections larger than memory, served memory-mapped.
+"""The compressed index kind (``ivfpq``: IVF with PQ or SQ8 codes): collections larger than memory, served
+memory-mapped.
 
 Below ``COMPRESS_ABOVE`` (1M) vectors, and while the float32 vectors fit ``--max-index-memory``, ``ann.py``'s
 flat / IVF-Flat indexes are used: they keep every vector in RAM, and SQLite keeps a float32 copy (4.7 KB a
@@ -6,20 +7,24 @@ flat / IVF-Flat indexes are used: they keep every vector in RAM, and SQLite keep
 6.3 GB RSS for 1M vectors (``benchmarks/search.py``), 3.1 GB for a 200k import; both grow linearly, so
 above 1M the 8 GB goal is out of reach that way, and this kind is chosen.
 
-Structure, ``IndexIVFPQ`` in the FAISS factory's terms ``IVF{nlist},PQ{m}``:
+Structure, in the FAISS factory's terms ``IVF{nlist},SQ8`` or ``IVF{nlist},PQ{m}``:
 
-- ``m`` bytes of PQ code a vector (8-bit sub-quantizers of >= 4 dimensions), the largest of ``CODE_SIZES``
-  whose codes and ids (``n * (m + 8)`` bytes, plus the coarse centroids) fit ``max_memory``
-  (``--max-index-memory``); capped at ``MAX_CODE`` (64) because the scan cost per candidate grows with
-  ``m`` and the exact re-rank recovers the recall (see ``benchmarks/search_scale.py``).
+- SQ8 codes (a byte a dimension: ``n * (d + 8)`` bytes with the ids) whenever they fit ``max_memory``
+  (``--max-index-memory``): on the first 1M vectors of ``benchmarks/scale_data.py``'s collection they gave
+  recall@10 0.996 without a re-rank against 0.891 for 64-byte PQ, trained and filled in 21 s against 148 s,
+  at 0.7 against 0.5 ms a query at nprobe 4 (``benchmarks/pq_codecs.py``).
+- else ``m`` bytes of PQ code a vector (8-bit sub-quantizers of >= 4 dimensions), the largest of
+  ``CODE_SIZES`` whose codes and ids (``n * (m + 8)`` bytes, plus the coarse centroids) fit the budget;
+  capped at ``MAX_CODE`` (64): 128-byte PQ took 273 s to train and fill 1M vectors for recall 0.917, where
+  SQ8 costs 4x the bytes of 128-byte PQ for 0.996 in a tenth of the time.
 - no OPQ rotation by default (``plan(opq=True)`` adds one to ``4 m`` dimensions, as autofaiss does): with
   the FAISS wheel installed here (faiss-cpu 1.15.1, run-time SIMD dispatch at AVX512) OPQ made training 9x
   slower at small scale (121 s against 13 s, 20k 64-d vectors) and ``OPQ64_256,IVF4096_HNSW32,PQ64`` on 262k
   vectors had not finished after 14 minutes, longer than the whole 10M build without it (591 s); the exact
   re-rank brings recall@10 to the target instead.
 - ``nlist`` ~ 4 sqrt(n) (a power of two) capped at ``MAX_NLIST`` (2048), with an exact (flat) coarse
-  quantizer. Measured on the 10M set (``benchmarks/search_scale.py``) with the FAISS wheel here: an HNSW
-  coarse quantizer (autofaiss' choice) put 7% of the vectors in a list other than their nearest at 2048
+  quantizer. Measured on the first 10M set (``benchmarks/scale_data.py --structure clusters``) with the
+  FAISS wheel here: an HNSW coarse quantizer (autofaiss' choice) put 7% of the vectors in a list other than their nearest at 2048
   lists (efSearch 16), 36% at 8192, and was slower than the BLAS assignment to 2048 centroids (1.2 s vs
   0.9 s for 20k vectors); 8192 flat lists would cost 4x the assignment (~30 min for 10M on 2 cores).
 - trained on a seeded sample of at most ``TRAIN_POINTS_PER_LIST * nlist`` (and ``MAX_TRAIN``) vectors;
@@ -51,7 +56,8 @@ DEFAULT_MAX_MEMORY = 4 << 30  # bytes of index (codes, ids, centroids) when --ma
 CODE_SIZES = (4, 8, 16, 32, 48, 64, 96, 128)  # PQ bytes a vector that the planner picks from
 MAX_CODE = 64
 MIN_SUB_DIM = 4  # dimensions a sub-quantizer at least (m <= d / 4)
-MAX_NLIST = 2048
+MAX_NLIST = 2048  # the automatic choice's cap; plan(nlist=...) may go past it
+MIN_NLIST = 1
 MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points a centroid
 TRAIN_POINTS_PER_LIST = 50
 MAX_TRAIN = 131_072
@@ -79,25 +85,29 @@ class PQPlan:
 
     n: int
     dim: int
-    m: int  # PQ bytes a vector
+    m: int  # code bytes a vector (PQ sub-quantizers; ``dim`` for SQ8)
     opq_dim: int  # dimensions after the OPQ rotation (0: no OPQ)
     nlist: int
     train_points: int
+    codec: str = "pq"  # "pq" (8-bit product quantizer) or "sq8" (8-bit scalar quantizer, a byte a dimension)
 
     @property
     def factory(self) -> str:
+        if self.codec == "sq8":
+            return f"IVF{self.nlist},SQ8"
         opq = f"OPQ{self.m}_{self.opq_dim}," if self.opq_dim else ""
         return f"{opq}IVF{self.nlist},PQ{self.m}"
 
     def index_bytes(self, n: int | None = None) -> int:
-        """Memory the index needs for ``n`` vectors: codes + ids, coarse centroids and their graph, OPQ, PQ."""
+        """Memory the index needs for ``n`` vectors: codes + ids, coarse centroids, OPQ, the quantizer's tables."""
         n = self.n if n is None else n
         d = self.opq_dim or self.dim
-        return n * (self.m + 8) + self.nlist * d * 4 + (self.dim * d * 4 if self.opq_dim else 0) + 256 * d * 4
+        tables = 2 * d * 4 if self.codec == "sq8" else 256 * d * 4
+        return n * (self.m + 8) + self.nlist * d * 4 + (self.dim * d * 4 if self.opq_dim else 0) + tables
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "dim": self.dim, "m": self.m, "opq_dim": self.opq_dim, "nlist": self.nlist,
-                "train_points": self.train_points}
+                "train_points": self.train_points, "codec": self.codec}
 
 
 def nlist_for(n: int) -> int:
@@ -108,14 +118,22 @@ def nlist_for(n: int) -> int:
     return int(min(nlist, MAX_NLIST))
 
 
-def plan(n: int, dim: int, max_memory: int = DEFAULT_MAX_MEMORY, opq: bool = False) -> PQPlan:
-    """The largest code (up to ``MAX_CODE``, ``dim / MIN_SUB_DIM``) whose index fits ``max_memory`` bytes.
+def plan(n: int, dim: int, max_memory: int = DEFAULT_MAX_MEMORY, opq: bool = False, nlist: int | None = None) -> PQPlan:
+    """SQ8 codes when they fit ``max_memory`` bytes, else the largest PQ code (up to ``MAX_CODE``,
+    ``dim / MIN_SUB_DIM``) that does.
 
-    ``opq``: rotate (and reduce to ``4 m`` dimensions) with OPQ first, as autofaiss does; off by default
-    because its training took longer than the rest of the build here (see the module docstring).
+    ``opq``: PQ only, rotated (and reduced to ``4 m`` dimensions) with OPQ first, as autofaiss does; off by
+    default because its training took longer than the rest of the build here (see the module docstring).
+    ``nlist``: the number of lists instead of ``nlist_for(n)`` (more lists: a slower build, faster queries).
     """
-    nlist = nlist_for(n)
+    if nlist is not None and not MIN_NLIST <= nlist <= n // MIN_POINTS_PER_LIST:
+        raise KontrastError(f"nlist {nlist} must be between {MIN_NLIST} and {n // MIN_POINTS_PER_LIST} for {n} vectors "
+                            f"(at least {MIN_POINTS_PER_LIST} vectors a list)")
+    nlist = nlist or nlist_for(n)
     train = int(min(n, MAX_TRAIN, max(TRAIN_POINTS_PER_LIST * nlist, 256 * MIN_POINTS_PER_LIST)))
+    sq8 = PQPlan(n=n, dim=dim, m=dim, opq_dim=0, nlist=nlist, train_points=train, codec="sq8")
+    if not opq and sq8.index_bytes() <= max_memory:
+        return sq8
     for m in sorted((c for c in CODE_SIZES if c <= MAX_CODE and c * MIN_SUB_DIM <= dim), reverse=True):
         if dim % m:
             continue
@@ -132,7 +150,8 @@ def empty_index(p: PQPlan):
     import faiss
 
     index = faiss.index_factory(p.dim, p.factory, faiss.METRIC_INNER_PRODUCT)
-    faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+    if p.codec == "pq":
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
     return index
 
 
