@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 RATIOS = (0.11, 0.55, 0.25, 0.09)  # mean, group, concept, noise (squared norms); fitted, see the docstring
 POINTS_PER_GROUP = 500
 POINTS_PER_CONCEPT = 10
