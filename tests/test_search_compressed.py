@@ -91,12 +91,12 @@ def built(tmp_path_factory):
 def test_plan_fits_budget_and_parse_memory():
     p = compressed.plan(10_000_000, 512, compressed.parse_memory("4G"))
     assert p.index_bytes() <= 4 << 30 and p.m == compressed.MAX_CODE and p.nlist == compressed.MAX_NLIST
-    assert p.factory == "IVF2048,PQ64" and compressed.plan(10_000_000, 512, 4 << 30, opq=True).opq_dim == 256
+    assert p.factory == "IVF8192,PQ64" and compressed.plan(10_000_000, 512, 4 << 30, opq=True).opq_dim == 256
     sq8 = compressed.plan(10_000_000, 512, compressed.parse_memory("6G"))  # a byte a dimension fits: SQ8
-    assert sq8.factory == "IVF2048,SQ8" and sq8.m == 512 and 4.8e9 < sq8.index_bytes() <= 6 << 30
-    assert compressed.plan(10_000_000, 512, 6 << 30, opq=True).factory == "OPQ64_256,IVF2048,PQ64"
+    assert sq8.factory == "IVF8192,SQ8" and sq8.m == 512 and 4.8e9 < sq8.index_bytes() <= 6 << 30
+    assert compressed.plan(10_000_000, 512, 6 << 30, opq=True).factory == "OPQ64_256,IVF8192,PQ64"
     assert compressed.PQPlan(**{k: v for k, v in p.to_dict().items() if k != "codec"}) == p  # plans saved before SQ8
-    assert compressed.plan(10_000_000, 512, 6 << 30, nlist=8192).factory == "IVF8192,SQ8"  # past the automatic cap
+    assert compressed.plan(10_000_000, 512, 6 << 30, nlist=16384).factory == "IVF16384,SQ8"  # past the automatic cap
     with pytest.raises(KontrastError, match="nlist 1000 must be between 1 and 25"):
         compressed.plan(1000, 512, nlist=1000)
     small = compressed.plan(10_000_000, 512, compressed.parse_memory("500M"))
