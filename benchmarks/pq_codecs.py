@@ -1,12 +1,14 @@
-"""Which FAISS code layout a compressed index should use: 8-bit PQ (``IVF{L},PQ{m}``, what ``ivfpq`` builds)
-against 4-bit fast-scan PQ (``IVF{L},PQ{2m}x4fs``, the same bytes a vector, scanned with SIMD lookup tables),
-on the first shards of ``benchmarks/scale_data.py``'s collection.
+"""Which FAISS code layout a compressed index should use: 8-bit PQ (``IVF{L},PQ{m}``), 4-bit fast-scan PQ
+(``IVF{L},PQ{2m}x4fs``, the same bytes a vector, scanned with SIMD lookup tables) or SQ8 (``IVF{L},SQ8``, a byte a
+dimension; what ``ivfpq`` builds when the budget holds it), on the first shards of ``benchmarks/scale_data.py``'s
+collection (any factory string can be given).
 
 For each factory string: build time (train on a 65,536 sample, add everything), then recall@10 against exact
 search and single-query p50 latency (one thread) at several ``nprobe``, with the top ``cand`` candidates
 re-scored exactly from RAM (so the rows show the index's own cost, not the disk's).
 
-    python benchmarks/pq_codecs.py /work/bench-data/10m --shards 10 --queries 300
+    python benchmarks/pq_codecs.py /work/bench-data/1m --shards 10 --queries 300 --nprobe 4 8 16 32 --cand 10 100 \
+        --factories "IVF1024,PQ64" "IVF1024,SQ8" "IVF1024,PQ128" "IVF1024,PQ128x4fs"
 """
 
 from __future__ import annotations

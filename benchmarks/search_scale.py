@@ -8,15 +8,15 @@ Steps (each prints one line; results go to ``--out`` as JSON too):
 - ``build``: ``kontrast.search.bulk.build_compressed`` over the shards into ``--index`` (what
   ``kontrast index --from-embeddings DIR`` does above its threshold), timed, with the peak RSS of the process
   (``ru_maxrss``): run it in its own process (``--steps build``) so that the peak is the build's alone.
-- ``truth``: exact top-10 of the queries by streaming the shards through ``faiss.knn`` (cached in DIR).
-- ``eval``: the served index (``SearchIndex.search``, memory-mapped) on the queries: recall@10 against the
+- ``eval``: first the exact top-10 of the queries by streaming the shards through ``faiss.knn`` (cached in
+  DIR), then the served index (``SearchIndex.search``, memory-mapped) on the queries: recall@10 against the
   truth with and without the exact re-rank, p50/p99 latency of single-query calls.
 - ``autofaiss``: ``autofaiss build_index`` on the same shards with the same ``--max-index-memory``, then
   the same recall and latency (the index read with ``IO_FLAG_MMAP`` and autofaiss' own search parameters).
 
     python benchmarks/scale_data.py /work/bench-data/10m --n 10000000
-    python benchmarks/search_scale.py /work/bench-data/10m --index /work/bench-data/idx --steps build
-    python benchmarks/search_scale.py /work/bench-data/10m --index /work/bench-data/idx --steps truth,eval
+    python benchmarks/search_scale.py /work/bench-data/10m --index /work/bench-data/idx --steps build --max-index-memory 6G
+    OMP_NUM_THREADS=1 python benchmarks/search_scale.py /work/bench-data/10m --index /work/bench-data/idx --steps eval
 """
 
 from __future__ import annotations

@@ -61,7 +61,6 @@ CODE_SIZES = (4, 8, 16, 32, 48, 64, 96, 128)  # PQ bytes a vector that the plann
 MAX_CODE = 64
 MIN_SUB_DIM = 4  # dimensions a sub-quantizer at least (m <= d / 4)
 MAX_NLIST = 8192  # the automatic choice's cap; plan(nlist=...) may go past it
-MIN_NLIST = 1
 MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points a centroid
 TRAIN_POINTS_PER_LIST = 50
 MAX_TRAIN = 131_072
@@ -130,8 +129,8 @@ def plan(n: int, dim: int, max_memory: int = DEFAULT_MAX_MEMORY, opq: bool = Fal
     default because its training took longer than the rest of the build here (see the module docstring).
     ``nlist``: the number of lists instead of ``nlist_for(n)`` (more lists: a slower build, faster queries).
     """
-    if nlist is not None and not MIN_NLIST <= nlist <= n // MIN_POINTS_PER_LIST:
-        raise KontrastError(f"nlist {nlist} must be between {MIN_NLIST} and {n // MIN_POINTS_PER_LIST} for {n} vectors "
+    if nlist is not None and not 1 <= nlist <= n // MIN_POINTS_PER_LIST:
+        raise KontrastError(f"nlist {nlist} must be between 1 and {n // MIN_POINTS_PER_LIST} for {n} vectors "
                             f"(at least {MIN_POINTS_PER_LIST} vectors a list)")
     nlist = nlist or nlist_for(n)
     train = int(min(n, MAX_TRAIN, max(TRAIN_POINTS_PER_LIST * nlist, 256 * MIN_POINTS_PER_LIST)))
