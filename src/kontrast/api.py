@@ -254,6 +254,8 @@ def _with_image_size(record: ModelRecord, size: int) -> ModelRecord:
 
 def _resize_image_tower(record: ModelRecord, sd: dict[str, torch.Tensor], size: int):
     v = record.arch.vision
+    if v.kind == "efficientnet_lite":  # TensorFlow-padded convolutions and a global average pool: any size
+        return _with_image_size(record, size), sd
     if v.kind == "convnext":  # convolutions and a global average pool: any multiple of 32, no table to resize
         if size % 32:
             raise KontrastError(f"image_size {size} must be a multiple of 32 for a ConvNeXt image tower")

@@ -75,6 +75,8 @@ def shape_signature(cfg: ModelConfig) -> tuple[Any, ...]:
         vision: tuple[Any, ...] = ("resnet", tuple(v.layers), v.width, v.image_size // 32)
     elif v.kind == "convnext":  # a convolutional trunk's weights do not show the image size
         vision = ("convnext", v.depths, v.dims, v.kernel_size, v.mlp_ratio, v.timm_proj, v.timm_proj_bias)
+    elif v.kind == "efficientnet_lite":
+        vision = ("efficientnet_lite", v.timm_model_name, v.timm_proj, v.timm_proj_bias)
     else:
         vision = (v.kind, int(v.layers), v.width, v.patch_size, v.image_size // int(v.patch_size),
                   int(v.width * v.mlp_ratio))

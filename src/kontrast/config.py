@@ -37,9 +37,9 @@ from typing import Any
 from .convnext_spec import TIMM_CONVNEXT, ConvNeXtGeometry
 from .errors import ConfigError
 
-VISION_KINDS = ("vit", "resnet", "convnext")
+VISION_KINDS = ("vit", "resnet", "convnext", "efficientnet_lite")
 TEXT_KINDS = ("clip", "hf")
-ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
+ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")  # transformer towers (EfficientNet-Lite: "relu6")
 VISION_POOLS = ("tok", "avg")  # open_clip: class token, or the mean of the patch tokens
 TEXT_POOLS = ("argmax", "eos", "first", "last")  # open_clip's text_global_pool types that give one vector
 DEFAULT_EPS = 1e-5
@@ -141,7 +141,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """kontrast's layout: open_clip's ``{"embed_dim", "vision_cfg", "text_cfg", ...}`` with every field spelled out."""
-        skip = _TRANSFORMER_FIELDS if self.vision.kind == "convnext" else _CONVNEXT_FIELDS  # the other kinds' fields
+        skip = {"convnext": _TRANSFORMER_FIELDS, "efficientnet_lite": _TRANSFORMER_FIELDS + _CONVNEXT_GEOMETRY}.get(
+            self.vision.kind, _CONVNEXT_FIELDS)  # the other kinds' fields
         vision = {k: v for k, v in dataclasses.asdict(self.vision).items() if k != "inert" and k not in skip}
         for key in ("layers", "depths", "dims"):
             if isinstance(vision.get(key), tuple):
@@ -193,6 +194,10 @@ class ModelConfig:
             from .config_convnext import convnext_open_clip
 
             vision = convnext_open_clip(v)
+        elif v.kind == "efficientnet_lite":
+            from .config_efficientnet import efficientnet_lite_open_clip
+
+            vision = efficientnet_lite_open_clip(v)
         elif v.is_resnet:
             vision |= {"layers": list(v.layers), "patch_size": None}
             if v.head_width != 64:
@@ -312,9 +317,13 @@ def _read_vision(r: _Keys, quick: bool) -> VisionConfig:
         from .config_convnext import read_convnext
 
         return read_convnext(r, None if timm is None else str(timm))
+    from .config_efficientnet import is_efficientnet_lite, read_efficientnet_lite
+
+    if is_efficientnet_lite(timm) or r.d.get("kind") == "efficientnet_lite":
+        return read_efficientnet_lite(r, str(timm))
     if timm:
-        raise r.refuse("timm_model_name", timm, "is not supported: kontrast implements ConvNeXt trunks only among "
-                       "timm image towers (loading it would give another model)")
+        raise r.refuse("timm_model_name", timm, "is not supported: kontrast implements ConvNeXt and "
+                       "EfficientNet-Lite trunks only among timm image towers (loading it would give another model)")
     for key, allowed, what in _VISION_NOOPS:
         r.only(key, allowed, what)
     layers = r.get("layers", 12)
@@ -357,6 +366,7 @@ def _read_image_size(r: _Keys) -> int:
 
 _TRANSFORMER_FIELDS = ("layers", "width", "patch_size", "head_width", "pool_type", "final_ln_after_pool", "no_ln_pre")
 _CONVNEXT_FIELDS = ("timm_model_name", "timm_proj", "timm_proj_bias", "depths", "dims", "kernel_size")
+_CONVNEXT_GEOMETRY = ("depths", "dims", "kernel_size", "mlp_ratio", "ln_eps")
 _CONVNEXT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(VisionConfig) if f.name in _CONVNEXT_FIELDS}
 def _read_text(r: _Keys, quick: bool) -> TextConfig:
     for key, allowed, what in _TEXT_NOOPS:

@@ -278,6 +278,8 @@ def describe_model(model, name: str) -> dict:
         return _model_info(model, name, *cfg.tower_summary())
     vision = (f"ResNet {cfg.vision.layers}, width {cfg.vision.width}" if cfg.vision.is_resnet else
               f"ConvNeXt {cfg.vision.timm_model_name}, {cfg.vision.timm_proj} head" if cfg.vision.kind == "convnext"
+              else f"EfficientNet-Lite {cfg.vision.timm_model_name}, {cfg.vision.image_size} px, "
+                   f"{cfg.vision.timm_proj} head" if cfg.vision.kind == "efficientnet_lite"
               else f"ViT {cfg.vision.layers} layers, width {cfg.vision.width}, patch {cfg.vision.patch_size}")
     text = (f"{cfg.text.hf_model} ({cfg.text.hf_pooler} pooling)" if cfg.text.hf_model else
             f"Transformer {cfg.text.layers} layers, width {cfg.text.width}")

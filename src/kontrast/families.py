@@ -22,6 +22,8 @@ FAMILIES: dict[str, str] = {
     "ViT": "OpenAI-style CLIP with a Vision Transformer image tower: OpenAI, LAION, DataComp, DFN, MetaCLIP",
     "ResNet": "OpenAI-style CLIP with a modified ResNet image tower and attention pooling",
     "ConvNeXt": "CLIP with a ConvNeXt image tower: a timm convnext_* trunk and a linear or MLP head",
+    "EfficientNet-Lite": "CLIP with an EfficientNet-Lite image tower: a timm tf_efficientnet_lite* trunk, "
+                         "average-pooled, and a linear or MLP head",
     "SigLIP": "sigmoid-loss ViT towers with an attention-pool image head and last-token text pooling",
     "SigLIP 2": "SigLIP towers with the SigLIP 2 tokenizer",
     "EVA": "EVA-CLIP: EVA01 / EVA02 image towers with rotary embeddings and SwiGLU",
@@ -39,11 +41,12 @@ FAMILIES: dict[str, str] = {
 }
 
 # Families kontrast loads. Helpers that add a family add it here (and to README's family table).
-SUPPORTED: frozenset[str] = frozenset({"ViT", "ResNet", "ConvNeXt", "SigLIP", "SigLIP 2"})
+SUPPORTED: frozenset[str] = frozenset({"ViT", "ResNet", "ConvNeXt", "EfficientNet-Lite", "SigLIP", "SigLIP 2"})
 
 # timm trunk name patterns of the families (first match wins).
 _TIMM_FAMILIES: tuple[tuple[str, str], ...] = (
     (r"^convnext", "ConvNeXt"),
+    (r"^tf_efficientnet_lite\d$", "EfficientNet-Lite"),
     (r"^eva", "EVA"),
     (r"^vit_pe_", "PE"),
     (r"^(fastvit_mci|vit_\w+_mci)", "MobileCLIP"),

@@ -156,6 +156,8 @@ def infer_config(sd: dict[str, torch.Tensor], quick_gelu: bool | None = None, so
         from .convnext_convert import infer_convnext
 
         return infer_convnext(sd, quick_gelu, source, assumed)
+    if "visual.trunk.conv_stem.weight" in sd:  # an open_clip EfficientNet-Lite tower
+        return _infer_efficientnet_lite(sd, quick_gelu, source, assumed)
     act = "gelu" if quick_gelu is False else "quick_gelu"
     try:
         cfg = _shapes_config(sd, act)
@@ -192,3 +194,38 @@ def infer_config(sd: dict[str, torch.Tensor], quick_gelu: bool | None = None, so
         if assumed is not None:
             assumed.append(line)
     return cfg
+
+
+def _infer_efficientnet_lite(sd: dict[str, torch.Tensor], quick_gelu: bool | None, source: str,
+                             assumed: list[str] | None) -> ModelConfig:
+    """A bare open_clip state dict with a timm ``tf_efficientnet_lite*`` trunk: the name from the blocks per stage
+    and the stage widths; the image size cannot be seen (the ImageNet size of that trunk is assumed)."""
+    from ..models.efficientnet_lite import LITE_VARIANTS, lite_geometry
+
+    blocks = sorted({tuple(int(p) for p in k.split(".")[3:5]) for k in sd if k.startswith("visual.trunk.blocks.")})
+    per_stage = [sum(1 for s, _ in blocks if s == i) for i in range(1 + max((s for s, _ in blocks), default=-1))]
+    widths = [int(sd[f"visual.trunk.blocks.{i}.0.bn{2 if i == 0 else 3}.weight"].shape[0])
+              for i in range(len(per_stage)) if f"visual.trunk.blocks.{i}.0.bn{2 if i == 0 else 3}.weight" in sd]
+    name = next((n for n in LITE_VARIANTS if [s.repeats for s in lite_geometry(n)] == per_stage
+                 and [s.out for s in lite_geometry(n)] == widths), None)
+    if name is None:
+        raise CheckpointError(f"{source}: an EfficientNet trunk (visual.trunk.conv_stem) whose stages ({per_stage} "
+                              f"blocks, widths {widths}) match no EfficientNet-Lite kontrast implements")
+    if "visual.head.proj.weight" in sd:
+        head, bias = "linear", "visual.head.proj.bias" in sd
+    elif "visual.head.mlp.fc1.weight" in sd:
+        head, bias = "mlp", "visual.head.mlp.fc2.bias" in sd
+    else:
+        raise CheckpointError(f"{source}: an EfficientNet-Lite trunk without visual.head.proj or visual.head.mlp")
+    try:
+        text = text_shapes(sd, "quick_gelu" if quick_gelu else "gelu")
+        embed_dim = int(sd["text_projection"].shape[1])
+    except KeyError as exc:
+        raise CheckpointError(f"{source}: cannot infer the architecture: tensor {exc.args[0]!r} is missing") from None
+    size = LITE_VARIANTS[name][2]
+    if assumed is not None:
+        assumed.append(f"EfficientNet-Lite trunk {name} read from the weights; image size {size} assumed (its "
+                       "ImageNet size: convolutional weights do not show it)")
+    vision = VisionConfig(kind="efficientnet_lite", image_size=size, act="relu6", timm_model_name=name,
+                          timm_proj=head, timm_proj_bias=bias)
+    return ModelConfig(embed_dim=embed_dim, vision=vision, text=text)

@@ -28,7 +28,7 @@ _HF_GENERIC = frozenset(["_name_or_path", "_commit_hash", "_attn_implementation"
 _HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _ACT_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 _LEGACY_ARGMAX_EOS = 2  # transformers: eos_token_id 2 means "pool at the argmax of the ids"
-_TOWER_NAMES = {"resnet": "ResNet", "vit": "ViT", "convnext": "ConvNeXt"}
+_TOWER_NAMES = {"resnet": "ResNet", "vit": "ViT", "convnext": "ConvNeXt", "efficientnet_lite": "EfficientNet-Lite"}
 
 
 def _check_keys(d: dict[str, Any], known: set[str], where: str) -> None:

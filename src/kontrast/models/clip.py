@@ -33,6 +33,11 @@ def build_visual(cfg: ModelConfig) -> nn.Module:
         from .convnext import ConvNeXtTower
 
         return ConvNeXtTower(v.convnext, cfg.embed_dim, v.image_size, v.timm_proj, v.timm_proj_bias)
+    if v.kind == "efficientnet_lite":
+        from .efficientnet_lite import EfficientNetLiteTower
+
+        return EfficientNetLiteTower(str(v.timm_model_name), cfg.embed_dim, v.image_size, v.timm_proj,
+                                     v.timm_proj_bias)
     raise ValueError(f"no image tower of kind {v.kind!r}")
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .convnext import ConvNeXtTower
+from .efficientnet_lite import EfficientNetLiteTower
 from .layers import linear, linear_params
 from .resnet import ModifiedResNet
 from .siglip import MAPHead, SigLIPVisionTransformer
@@ -56,14 +57,18 @@ def dense_features(visual: torch.nn.Module, pixels: torch.Tensor, method: str = 
         return _siglip_dense(visual, pixels, method)
     if isinstance(visual, ConvNeXtTower):
         return _convnext_dense(visual, pixels)
+    if isinstance(visual, EfficientNetLiteTower):
+        return _lite_dense(visual, pixels)
     raise ValueError(f"localisation is not implemented for a {type(visual).__name__} image tower "
-                     "(ViT, modified ResNet, SigLIP and ConvNeXt towers are)")
+                     "(ViT, modified ResNet, SigLIP, ConvNeXt and EfficientNet-Lite towers are)")
 
 
 def grid_shape(visual: torch.nn.Module, height: int, width: int) -> tuple[int, int]:
     """The patch grid ``(gh, gw)`` an input of ``height x width`` pixels gives."""
     if isinstance(visual, (ModifiedResNet, ConvNeXtTower)):
         return height // 32, width // 32
+    if isinstance(visual, EfficientNetLiteTower):  # TensorFlow SAME padding: every stride-2 step rounds up
+        return math.ceil(height / 32), math.ceil(width / 32)
     patch = int(visual.patch_size)
     return height // patch, width // patch
 
@@ -181,6 +186,13 @@ def _convnext_dense(visual: ConvNeXtTower, pixels: torch.Tensor) -> torch.Tensor
     norm = visual.trunk.head.norm
     cells = F.layer_norm(fmap.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
     return visual.head(cells.contiguous())  # [N, gh, gw, C] -> [N, gh, gw, E]
+
+
+# ---- EfficientNet-Lite ------------------------------------------------------------------------------------
+def _lite_dense(visual: EfficientNetLiteTower, pixels: torch.Tensor) -> torch.Tensor:
+    """The head at every cell of the last feature map (the tower pools by a plain mean): ``[N, gh, gw, E]``."""
+    fmap = visual.feature_maps(pixels)[-1]  # [N, 1280, gh, gw]
+    return visual.head(fmap.permute(0, 2, 3, 1).contiguous())  # [N, 1280, gh, gw] -> [N, gh, gw, E]
 
 
 # ---- sliding-window crops (baseline) -------------------------------------------------------------------
