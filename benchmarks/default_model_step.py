@@ -1,8 +1,9 @@
 """Training-step throughput of the default model's image tower in fp32 and bf16 autocast, 1 and 2 threads.
 
-    python benchmarks/default_model_step.py [--specs 192,4,fp32,1 192,4,bf16,1 ...] [--steps 4] [--batch 256]
+    python benchmarks/default_model_step.py [--specs 192,4,fp32,1 lite0@64,fp32,2 ...] [--steps 4] [--batch 256]
 
-Each spec is ``width,layers,precision,threads`` (ViT, 64 px, patch 8, embed 256): one forward + backward +
+Each spec is ``width,layers,precision,threads`` (ViT, 64 px, patch 8, embed 256; the first two generations) or
+``liteN@SIZE,precision,threads`` (EfficientNet-Lite N at SIZE px, the third): one forward + backward +
 AdamW step of the image tower on a batch against fixed unit text features (the locked text tower is cached in
 training, so the image tower is the step's cost). Prints samples/s next to the CPU's flags; on a shared machine
 compare rows of one run, not runs.
@@ -21,15 +22,20 @@ from kontrast.cpu import cpu_flags, cpu_model
 from kontrast.models import CLIP
 
 
-def step_rate(width: int, layers: int, precision: str, threads: int, steps: int, batch: int) -> float:
-    """Samples per second of ``steps`` training steps (after one warm-up step)."""
+def step_rate(tower: str, precision: str, threads: int, steps: int, batch: int) -> float:
+    """Samples per second of ``steps`` training steps (after one warm-up step) of ``tower`` ("192,4" or "lite0@64")."""
     torch.set_num_threads(threads)
-    cfg = ModelConfig.from_dict({"embed_dim": 256, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": width,
-                                 "layers": layers, "head_width": 64},
-                                 "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 64, "heads": 1, "layers": 1}})
-    visual = CLIP(cfg).visual
+    text_cfg = {"context_length": 16, "vocab_size": 100, "width": 64, "heads": 1, "layers": 1}
+    if tower.startswith("lite"):
+        name, size = tower.split("@")
+        vision = {"timm_model_name": f"tf_efficientnet_{name}", "timm_pool": "avg", "image_size": int(size)}
+    else:
+        width, layers = tower.split(",")
+        size, vision = 64, {"image_size": 64, "patch_size": 8, "width": int(width), "layers": int(layers),
+                            "head_width": 64}
+    visual = CLIP(ModelConfig.from_dict({"embed_dim": 256, "vision_cfg": vision, "text_cfg": text_cfg})).visual
     opt = torch.optim.AdamW(visual.parameters(), 1e-4)
-    x = torch.randn(batch, 3, 64, 64)
+    x = torch.randn(batch, 3, int(size), int(size))
     text = F.normalize(torch.randn(batch, 256), dim=-1)
     t0 = time.perf_counter()
     for i in range(steps + 1):
@@ -53,10 +59,13 @@ def main() -> None:
     args = ap.parse_args()
     flags = sorted(f for f in cpu_flags() if f in {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"})
     print(f"CPU: {cpu_model()}; flags: {' '.join(flags)}; torch {torch.__version__}")
-    print("| width | layers | precision | threads | samples/s |\n|---:|---:|---|---:|---:|")
+    print(f"batch {args.batch}\n| image tower | precision | threads | samples/s |\n|---|---|---:|---:|")
     for spec in args.specs:
-        w, n, prec, th = spec.split(",")
-        print(f"| {w} | {n} | {prec} | {th} | {step_rate(int(w), int(n), prec, int(th), args.steps, args.batch):.1f} |", flush=True)
+        tower, prec, th = spec.rsplit(",", 2)
+        label = (f"EfficientNet-Lite{tower[4]} at {tower.split('@')[1]} px" if tower.startswith("lite")
+                 else "ViT width {} x {} layers, 64 px".format(*tower.split(",")))
+        rate = step_rate(tower, prec, int(th), args.steps, args.batch)
+        print(f"| {label} | {prec} | {th} | {rate:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -178,7 +178,8 @@ def test_report_says_whether_concept_and_style_were_seen(standin: Path, tmp_path
     samples = demo.load_sample()
     emoji = next(s for s in samples if s.style == "google")
     clip = next(s for s in samples if s.style == "clipart")
-    record = {"styles": {"google": 10, "openclipart": 5}, "concepts": [emoji.concept], "names": [clip.label.lower()]}
+    record = {"styles": {"google": 10, "openclipart": 5}, "concepts": [emoji.concept], "names": [clip.label.lower()],
+              "pretrained": {"image_tower": "EfficientNet-Lite0, ImageNet-1k weights"}}
     (model_dir / demo.TRAINING_RECORD).write_text(json.dumps(record), encoding="utf-8")
     report, path = demo.run_demo(str(model_dir), tmp_path / "out")
     marks = {c.file: (c.concept_seen, c.style_seen) for c in report.classifications}
@@ -186,7 +187,9 @@ def test_report_says_whether_concept_and_style_were_seen(standin: Path, tmp_path
     other = next(s for s in samples if s.style == "openmoji")
     assert marks[other.file] == (other.concept == emoji.concept, False)
     assert sum(b for _, b in report.accuracy_by_seen().values()) == len(samples)
-    assert "concept seen" in path.read_text(encoding="utf-8")
+    html = path.read_text(encoding="utf-8")
+    assert "concept seen" in html
+    assert "EfficientNet-Lite0, ImageNet-1k weights" in html and "refer to the recorded training data only" in html
     saved = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert saved["classifications"][0]["concept_seen"] is not None and saved["accuracy_by_seen"]
     plain, _ = demo.run_demo(str(standin), tmp_path / "plain")  # no record: nothing claimed

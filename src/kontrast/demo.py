@@ -283,7 +283,11 @@ def describe_model(model, name: str) -> dict:
               else f"ViT {cfg.vision.layers} layers, width {cfg.vision.width}, patch {cfg.vision.patch_size}")
     text = (f"{cfg.text.hf_model} ({cfg.text.hf_pooler} pooling)" if cfg.text.hf_model else
             f"Transformer {cfg.text.layers} layers, width {cfg.text.width}")
-    return _model_info(model, name, vision, text)
+    info = _model_info(model, name, vision, text)
+    pretrained = (training_record(model) or {}).get("pretrained") or {}
+    if pretrained.get("image_tower"):  # what the image tower learnt before the recorded training data
+        info["image tower pretrained on"] = pretrained["image_tower"]
+    return info
 
 
 def _model_info(model, name: str, vision: str, text: str) -> dict:

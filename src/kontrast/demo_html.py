@@ -101,6 +101,10 @@ def render_html(report: DemoReport) -> str:
     seen_html = (f"<p>Against the model's training record: {_e(seen)}. A <i>seen</i> concept was in the training "
                  f"data in some art style (never this image); an <i>unseen</i> one only reaches the model through "
                  f"its name.</p>") if seen else "<p>This model carries no record of its training data.</p>"
+    if info.get("image tower pretrained on"):
+        seen_html += ("<p>Before that training its image tower learnt from other pictures (see <i>image tower "
+                      "pretrained on</i> under Model): <i>seen</i> and <i>unseen</i> refer to the recorded training "
+                      "data only.</p>")
     mean_p = sum(s.precision for s in report.searches) / max(1, len(report.searches))
     stats = [(f"{report.top1:.0%}", f"zero-shot top-1 ({len(report.classifications)} images)"),
              (f"{report.top5:.0%}", "top-5"), (str(len(report.labels)), "candidate labels"),
