@@ -48,6 +48,10 @@ def test_clip_front_in_headless_chromium(tmp_path, data_dir):
 
     folder, rows = build_small_index(tmp_path / "data", data_dir / "emoji_sample", "default", n=20)
     app = create_app({"emoji": Searcher.open(str(folder))}, clip_front=str(front_build_dir()))
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # what the page should show: the API's answer to the front end's default query
+        expected = c.post("/knn-service", json={"text": "an emoji of a flag", "modality": "image", "num_images": 40,
+                                                "indice_name": "emoji", "deduplicate": True}).json()
+    assert 20 <= len(expected) <= 23  # 20 CSV images + 3 shard members, near-duplicates (cosine >= 0.94) merged
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
@@ -71,7 +75,7 @@ def test_clip_front_in_headless_chromium(tmp_path, data_dir):
                     "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.length : 0;")
 
             count = _wait(pictures_loaded, what="result pictures")
-            assert count == 23  # 20 CSV images + 3 shard members: every one has its image inline
+            assert count == len(expected)  # every result of the API has its image inline
             captions = [e.text for e in root.find_elements(By.CSS_SELECTOR, "figcaption")]
             known = {row["caption"][:50] for row in rows}
             assert sum(any(c.startswith(k[:40]) for k in known) for c in captions) >= 15, captions

@@ -96,8 +96,9 @@ def test_model_carries_its_record(fixtures_dir):
 
 
 def test_default_model_reads_its_old_config_and_keeps_its_fingerprint():
-    """The shipped default model's kontrast_config.json (the flat layout of kontrast 0.1) still loads."""
-    model, preprocess, tokenizer = kontrast.load("default")
+    """The first default model's kontrast_config.json still loads with its tokenizer and preprocessing (the
+    current default uses the ImageNet mean/std 0.5 of its pretrained tower: tests/test_default_models.py)."""
+    model, preprocess, tokenizer = kontrast.load("default-v1")
     assert model.record.tokenizer.kind == "hf_tokenizer_json" and tokenizer(["a cat"]).shape == (1, 77)
     assert preprocess.mean == (0.48145466, 0.4578275, 0.40821073)
 
