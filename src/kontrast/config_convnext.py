@@ -18,19 +18,26 @@ from .errors import ConfigError
 _CONVNEXT_INERT = ("timm_model_pretrained", "timm_drop", "timm_drop_path", "patch_dropout", "output_tokens")
 
 
+def read_timm_head(r: _Keys) -> tuple[str, bool]:
+    """open_clip's ``timm_proj`` (``linear`` / ``mlp``) and ``timm_proj_bias`` of a ``TimmModel`` tower, checked."""
+    proj, bias = r.get("timm_proj", "linear"), r.get("timm_proj_bias", False)
+    if proj not in HEAD_TYPES:
+        raise r.refuse("timm_proj", proj, f"is not supported (kontrast implements {', '.join(HEAD_TYPES)})")
+    if not isinstance(bias, bool):
+        raise r.refuse("timm_proj_bias", bias, "must be true or false")
+    return proj, bias
+
+
 def read_convnext(r: _Keys, name: str | None) -> VisionConfig:
     """A ConvNeXt tower: open_clip's ``TimmModel`` keys (+ kontrast's geometry keys); the geometry of a trunk
     in ``TIMM_CONVNEXT`` comes from the table, of another from the config or (left empty) the weights."""
     if r.get("kind", "convnext") != "convnext":
         raise r.refuse("kind", r.get("kind"), f"conflicts with timm_model_name={name!r} (a ConvNeXt trunk)")
-    pool, proj, bias = r.get("timm_pool", ""), r.get("timm_proj", "linear"), r.get("timm_proj_bias", False)
+    pool = r.get("timm_pool", "")
     if pool not in TRUNK_POOLS:
         raise r.refuse("timm_pool", pool, "is not supported for ConvNeXt trunks (kontrast implements timm's "
                        "average pool + LayerNorm head: '' or 'avg')")
-    if proj not in HEAD_TYPES:
-        raise r.refuse("timm_proj", proj, f"is not supported (kontrast implements {', '.join(HEAD_TYPES)})")
-    if not isinstance(bias, bool):
-        raise r.refuse("timm_proj_bias", bias, "must be true or false")
+    proj, bias = read_timm_head(r)
     act = r.get("act", "gelu")
     if act != "gelu":
         raise r.refuse("act", act, "is not supported: timm's ConvNeXt blocks use the exact GELU")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import VisionConfig, _Keys, _read_image_size
-from .convnext_spec import HEAD_TYPES
+from .config_convnext import read_timm_head
 
 LITE_NAMES = tuple(f"tf_efficientnet_lite{i}" for i in range(5))
 _INERT = ("timm_model_pretrained", "timm_drop", "timm_drop_path", "patch_dropout", "output_tokens")
@@ -28,13 +28,10 @@ def read_efficientnet_lite(r: _Keys, name: str) -> VisionConfig:
                        f"EfficientNet-Lite trunks ({', '.join(LITE_NAMES)}), not timm's PyTorch-padded ones")
     if r.get("kind", "efficientnet_lite") != "efficientnet_lite":
         raise r.refuse("kind", r.get("kind"), f"conflicts with timm_model_name={name!r} (an EfficientNet-Lite trunk)")
-    pool, proj, bias = r.get("timm_pool", "avg"), r.get("timm_proj", "linear"), r.get("timm_proj_bias", False)
+    pool = r.get("timm_pool", "avg")
     if pool != "avg":
         raise r.refuse("timm_pool", pool, "is not supported for EfficientNet-Lite trunks (kontrast implements 'avg')")
-    if proj not in HEAD_TYPES:
-        raise r.refuse("timm_proj", proj, f"is not supported (kontrast implements {', '.join(HEAD_TYPES)})")
-    if not isinstance(bias, bool):
-        raise r.refuse("timm_proj_bias", bias, "must be true or false")
+    proj, bias = read_timm_head(r)
     act = r.get("act", "relu6")
     if act != "relu6":
         raise r.refuse("act", act, "is not supported: EfficientNet-Lite trunks use ReLU6")

@@ -201,6 +201,7 @@ def _infer_efficientnet_lite(sd: dict[str, torch.Tensor], quick_gelu: bool | Non
     """A bare open_clip state dict with a timm ``tf_efficientnet_lite*`` trunk: the name from the blocks per stage
     and the stage widths; the image size cannot be seen (the ImageNet size of that trunk is assumed)."""
     from ..models.efficientnet_lite import LITE_VARIANTS, lite_geometry
+    from .convnext_convert import timm_head
 
     blocks = sorted({tuple(int(p) for p in k.split(".")[3:5]) for k in sd if k.startswith("visual.trunk.blocks.")})
     per_stage = [sum(1 for s, _ in blocks if s == i) for i in range(1 + max((s for s, _ in blocks), default=-1))]
@@ -211,12 +212,7 @@ def _infer_efficientnet_lite(sd: dict[str, torch.Tensor], quick_gelu: bool | Non
     if name is None:
         raise CheckpointError(f"{source}: an EfficientNet trunk (visual.trunk.conv_stem) whose stages ({per_stage} "
                               f"blocks, widths {widths}) match no EfficientNet-Lite kontrast implements")
-    if "visual.head.proj.weight" in sd:
-        head, bias = "linear", "visual.head.proj.bias" in sd
-    elif "visual.head.mlp.fc1.weight" in sd:
-        head, bias = "mlp", "visual.head.mlp.fc2.bias" in sd
-    else:
-        raise CheckpointError(f"{source}: an EfficientNet-Lite trunk without visual.head.proj or visual.head.mlp")
+    head, bias = timm_head(sd, source, "EfficientNet-Lite")
     try:
         text = text_shapes(sd, "quick_gelu" if quick_gelu else "gelu")
         embed_dim = int(sd["text_projection"].shape[1])

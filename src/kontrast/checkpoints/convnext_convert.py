@@ -54,12 +54,13 @@ def complete_convnext(cfg: ModelConfig, sd: dict[str, torch.Tensor], source: str
     return dataclasses.replace(cfg, vision=vision)
 
 
-def _head(sd: dict[str, torch.Tensor], source: str) -> tuple[str, bool]:
+def timm_head(sd: dict[str, torch.Tensor], source: str, trunk: str = "ConvNeXt") -> tuple[str, bool]:
+    """open_clip's ``TimmModel`` head of a bare state dict: (``linear`` / ``mlp``, has a bias)."""
     if "visual.head.proj.weight" in sd:
         return "linear", "visual.head.proj.bias" in sd
     if "visual.head.mlp.fc1.weight" in sd:
         return "mlp", "visual.head.mlp.fc2.bias" in sd
-    raise CheckpointError(f"{source}: a ConvNeXt trunk without visual.head.proj or visual.head.mlp (open_clip's "
+    raise CheckpointError(f"{source}: a {trunk} trunk without visual.head.proj or visual.head.mlp (open_clip's "
                           "'linear' / 'mlp' heads); kontrast implements those two")
 
 
@@ -67,7 +68,7 @@ def infer_convnext(sd: dict[str, torch.Tensor], quick_gelu: bool | None, source:
                    assumed: list[str] | None = None) -> ModelConfig:
     """The architecture of a bare open_clip ConvNeXt state dict (see the module docstring)."""
     g = _geometry(sd, source)
-    head, bias = _head(sd, source)
+    head, bias = timm_head(sd, source)
     name = timm_name_of(g)
     try:
         text = text_shapes(sd, "quick_gelu" if quick_gelu else "gelu")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..convnext_spec import HEAD_TYPES, TIMM_CONVNEXT, ConvNeXtGeometry, timm_name_of
-from .layers import _onednn_ok, linear
+from .layers import _onednn_ok, linear, map_features
 
 __all__ = ["TIMM_CONVNEXT", "ConvNeXtGeometry", "ConvNeXtTower", "geometry_from_state_dict", "timm_name_of"]
 
@@ -197,11 +197,4 @@ class ConvNeXtTower(nn.Module):
     def forward_features(self, x: torch.Tensor, output: str = "tokens", layer: int = -1,
                          include_class_token: bool = False, return_attention: bool = False):
         """Spatial tokens of a stage, ``[N, H*W, C]`` (``hidden_states``: stem + 4 stages)."""
-        if return_attention:
-            raise ValueError("attention maps are available for Vision Transformer towers only")
-        maps = [m.flatten(2).transpose(1, 2) for m in self.feature_maps(x)]  # [N, C, H, W] -> [N, H*W, C]
-        if output == "hidden_states":
-            return tuple(maps)
-        if output == "tokens":
-            return maps[layer]
-        raise ValueError(f"output must be 'embedding', 'tokens' or 'hidden_states', not {output!r}")
+        return map_features(self.feature_maps, x, output, layer, return_attention)

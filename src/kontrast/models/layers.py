@@ -159,6 +159,19 @@ def check_feature_output(output: str) -> None:
         raise ValueError(f"output must be 'embedding', {', '.join(repr(o) for o in FEATURE_OUTPUTS)}, not {output!r}")
 
 
+def map_features(feature_maps, x: torch.Tensor, output: str, layer: int, return_attention: bool):
+    """``forward_features`` of a convolutional tower from its ``feature_maps(x)`` (``[N, C, H, W]`` each): the
+    maps as tokens ``[N, H*W, C]``, one (``tokens``, ``layer``) or all (``hidden_states``)."""
+    if return_attention:
+        raise ValueError("attention maps are available for Vision Transformer towers only")
+    maps = [m.flatten(2).transpose(1, 2) for m in feature_maps(x)]  # [N, C, H, W] -> [N, H*W, C]
+    if output == "hidden_states":
+        return tuple(maps)
+    if output == "tokens":
+        return maps[layer]
+    raise ValueError(f"output must be 'embedding', 'tokens' or 'hidden_states', not {output!r}")
+
+
 def hidden_state_index(layer: int, n_layers: int, tower: str = "text") -> int:
     """Position of ``layer`` in a tower's ``hidden_states`` (Hugging Face indexing: ``n_layers + 1`` entries, 0 = the
     embeddings, -1 = the last block, -2 = the penultimate); ``ValueError`` outside them."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import _onednn_ok
+from .layers import _onednn_ok, map_features
 
 
 class Bottleneck(nn.Module):
@@ -147,11 +147,4 @@ class ModifiedResNet(nn.Module):
         return_attention: bool = False,
     ):
         """Spatial tokens of a stage, ``[N, H*W, C]`` (``hidden_states``: stem + 4 stages)."""
-        if return_attention:
-            raise ValueError("attention maps are available for Vision Transformer towers only")
-        maps = [m.flatten(2).transpose(1, 2) for m in self.feature_maps(x)]  # [N, C, H, W] -> [N, H*W, C]
-        if output == "hidden_states":
-            return tuple(maps)
-        if output == "tokens":
-            return maps[layer]
-        raise ValueError(f"output must be 'embedding', 'tokens' or 'hidden_states', not {output!r}")
+        return map_features(self.feature_maps, x, output, layer, return_attention)
