@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ImageError, KontrastError
+from .outline import random_outlines
 from .sources import Record, Source, decode_caption, open_source
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class AugmentConfig:
     jitter: float = 0.0  # brightness/contrast/saturation +- jitter
     grayscale: float = 0.0  # probability of a grey image
     caption_head: float = 0.0  # probability of keeping only the part of a caption before its first ": "
+    outline: float = 0.0  # probability of dark outlines along colour edges (kontrast.data.outline)
 
 
 def caption_variant(caption: str, seed: int, p_head: float) -> str:
@@ -114,7 +116,11 @@ class SampleDecoder:
         if self._transform is None:
             self._setup()
         self._g.manual_seed(seed)
-        return self._color(self._transform(data), self._g)
+        x = self._transform(data)
+        if self.augment.outline > 0:  # in pixel space, after the crop: [3, S, S] -> [1, 3, S, S] and back
+            px = (x * self._color.std + self._color.mean).unsqueeze(0)
+            x = ((random_outlines(px, self.augment.outline, self._g)[0] - self._color.mean) / self._color.std)
+        return self._color(x, self._g)
 
 
 # ---------------------------------------------------------------------------------------------- indexed

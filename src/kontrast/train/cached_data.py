@@ -9,6 +9,7 @@ paths, sizes and modification times. Each step then augments its whole batch at 
   above 1 zooms out (the whole picture, smaller, on white), as pictures drawn small in their frame look;
 * horizontal flips with probability 0.5, only for samples whose json says ``"flip": true`` (the data build
   forbids it for text, arrows, flags, letters, clocks, ...);
+* optional dark outlines along colour edges (``aug_outline``, :mod:`kontrast.data.outline`), drawn after the crop;
 * brightness / contrast / saturation jitter and a rare grey image; no hue change (a red heart stays red), and
   black-and-white icons stay black on white because jitter is applied around the white background.
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.outline import random_outlines
 from ..data.stream import Batch, caption_variant
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,7 @@ class BatchAugment:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     jitter: float = 0.2
     grayscale: float = 0.05
+    outline: float = 0.0  # probability of dark outlines along colour edges (kontrast.data.outline)
 
     def __call__(self, images: torch.Tensor, flip_ok: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """uint8 ``[n, C, C, 3]`` -> normalised float ``[n, 3, S, S]``."""
@@ -175,6 +178,7 @@ class BatchAugment:
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # [n, 3, S, S]
         else:  # outside the picture is white: sample the inverted image with zero padding
             x = 1 - F.grid_sample(1 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = random_outlines(x, self.outline, g)
         if self.jitter > 0:
             r = (1 + self.jitter * (2 * torch.rand(n, 3, generator=g) - 1)).view(n, 3, 1, 1)  # [n, 3] -> [n, 3, 1, 1]
             # brightness and contrast pivot on white, so a white background stays white and black lines stay dark

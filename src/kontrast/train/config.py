@@ -40,6 +40,7 @@ class TrainConfig:
     aug_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
     aug_jitter: float = 0.0
     aug_grayscale: float = 0.0
+    aug_outline: float = 0.0  # probability of dark outlines drawn along colour edges (kontrast.data.outline)
     caption_head: float = 0.0  # probability of training on the caption's part before its first ": "
     # ---- objective and optimisation
     loss: str | None = None  # "clip" or "siglip"; None: the model family's (SigLIP models: "siglip", else "clip")
@@ -183,5 +184,8 @@ def validate(cfg: TrainConfig) -> None:
         raise KontrastError(f"batch_size {cfg.batch_size} must be >= 2 and divisible by accum_steps {cfg.accum_steps}")
     if cfg.init_logit_scale is not None and not 0 < cfg.init_logit_scale <= 100:
         raise KontrastError(f"init_logit_scale {cfg.init_logit_scale} must be in (0, 100] (exp of the logit scale, clamped to 100)")
+    for name in ("aug_grayscale", "aug_outline"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise KontrastError(f"{name} {getattr(cfg, name)} is a probability: it must be in [0, 1]")
     if cfg.lock_image and cfg.lock_text and cfg.lock_text_proj:
         raise KontrastError("both towers are locked: nothing to train")

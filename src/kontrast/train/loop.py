@@ -112,7 +112,7 @@ def apply_locks(model: nn.Module, cfg: TrainConfig) -> None:
 def _decoder(model: nn.Module, cfg: TrainConfig):
     from ..data.stream import AugmentConfig, SampleDecoder
 
-    aug = AugmentConfig(cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale, cfg.caption_head)
+    aug = AugmentConfig(cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale, cfg.caption_head, cfg.aug_outline)
     pre = model.record.preprocess  # the model's own normalisation
     return SampleDecoder(model.image_size, pre.mean, pre.std, aug)
 
@@ -160,7 +160,8 @@ def _cached_data(model: nn.Module, cfg: TrainConfig, info: DistInfo, start_step:
     if skipped:
         log.warning("%d training samples skipped (undecodable image or no caption)", skipped)
     pre = model.record.preprocess  # the model's own normalisation
-    augment = BatchAugment(size, pre.mean, pre.std, cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale)
+    augment = BatchAugment(size, pre.mean, pre.std, cfg.aug_scale, cfg.aug_ratio, cfg.aug_jitter, cfg.aug_grayscale,
+                           cfg.aug_outline)
     steps_per_epoch = max(1, len(pairs) // cfg.batch_size)
     total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     batches = CachedBatches(pairs, augment, cfg.batch_size, cfg.seed, start_step, info.rank, info.world_size,
