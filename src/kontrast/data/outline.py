@@ -60,7 +60,9 @@ def random_outlines(x: torch.Tensor, p: float, g: torch.Generator,
     t = torch.empty(n).uniform_(*threshold, generator=g)
     width = 1 + (torch.rand(n, generator=g) < 0.5).long()
     d = torch.empty(n).uniform_(*darkness, generator=g)
-    if not bool(apply.any()):
+    picked = apply.nonzero().flatten()  # [k]: only these images are filtered (each image's lines are its own)
+    if len(picked) == 0:
         return x
-    drawn = draw_outlines(x, t.to(x.dtype), width, d.to(x.dtype))
-    return torch.where(apply.view(n, 1, 1, 1), drawn, x)  # [n] -> [n, 1, 1, 1]
+    out = x.clone()
+    out[picked] = draw_outlines(x[picked], t[picked].to(x.dtype), width[picked], d[picked].to(x.dtype))
+    return out
