@@ -5,7 +5,8 @@
 
 Deterministic: pinned package versions, sorted inputs, fixed shuffle seed, fixed tar metadata. Sources
 (installed into ``CACHE`` on first use, never into the repository):
-- npm ``@iconify/json`` (emoji sets, colourful icon sets, game-icons), ``@lobehub/fluent-emoji-3d`` (3D renders),
+- npm ``@iconify/json`` (emoji sets, colourful icon sets, game-icons, country-flag sets), ``@lobehub/fluent-emoji-3d``
+  (3D renders),
   ``emojibase-data`` (labels, tags, shortcodes) with ``npm install --prefix CACHE/npm``;
 - Debian ``tuxpaint-stamps-default`` (``apt-get download`` + ``dpkg-deb -x`` into ``CACHE/deb``);
 - the training splits of ``../shared/data`` (emoji google/twitter ``train``, clip-art ``train``).
@@ -17,8 +18,10 @@ set's ``chars`` map, else emojibase names; unmapped emoji are left out) and goes
 of ``../shared/data/README.md``; held-out concepts never enter, in any style, and neither do icons or stamps
 named like a held-out emoji or like a clip-art ``val`` name. OpenMoji is never read for images (only the
 names of its held-out concepts, to keep icons of them out). Skin-tone variants are capped to one tone per
-concept and style. Output: ``CACHE/shards/train-{000000..}.tar``, ``manifest.json`` (counts, styles, licences,
-dropped counts, the concepts and names trained on) and ``LICENSES/``.
+concept and style. Output: ``CACHE/shards/train-{000000..}.tar``; ``flags-{000000..}.tar``, the country flags of
+four flag sets (``FLAG_SETS``, emoji flags only, same rules; kept apart so that the training shards, and the
+recipes that name them, stay as they were; a cache built before them gets them added on the next run);
+``manifest.json`` (counts, styles, licences, dropped counts, the concepts and names trained on) and ``LICENSES/``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ ICON_SETS = ("icon-park", "flat-color-icons", "glyphs-poly", "marketeq", "game-i
              "streamline-ultimate-color", "streamline-plump-color", "streamline-freehand-color",
              "streamline-kameleon-color", "streamline-stickies-color", "streamline-flex-color",
              "streamline-sharp-color", "streamline-cyber-color")
+FLAG_SETS = ("flag", "circle-flags", "flagpack", "cif")  # country flags by ISO code: shards flags-*.tar
 NEVER = ("openmoji",)  # the unseen-style validation set
 SHARD_SIZE = 5000
 SEED = 20261129
@@ -177,6 +181,21 @@ class Builder:
             self.add_emoji(set_name, hexcode, ("svg", icon_svg(icon, w, h), self.size),
                            data["info"]["license"]["spdx"], f"npm:@iconify/json/{set_name}")
 
+    def flag_set(self, set_name: str) -> None:
+        """A set of country flags named by ISO code (``de``, ``gb-eng``; ``flag`` adds ``-4x3`` / ``-1x1``
+        drawings): each code that is an emoji flag (regional-indicator pair, or the tag sequence of England,
+        Scotland, Wales) goes through :meth:`add_emoji`; regions, languages and other banners are left out."""
+        data = self.iconify(set_name)
+        self.note_license(set_name, data["info"])
+        w, h = data.get("width", 16), data.get("height", 16)
+        for name in sorted(data["icons"]):
+            hexcode = rules.flag_hexcode(name.removesuffix("-4x3").removesuffix("-1x1"))
+            if hexcode is None:
+                self.dropped[f"{set_name}: not an emoji flag"] += 1
+                continue
+            self.add_emoji(set_name, hexcode, ("svg", icon_svg(data["icons"][name], w, h), self.size),
+                           data["info"]["license"]["spdx"], f"npm:@iconify/json/{set_name}")
+
     def fluent_3d(self) -> None:
         folder = self.modules / "@lobehub/fluent-emoji-3d/assets"
         self.licenses["fluent-emoji-3d"] = {"name": "MIT", "spdx": "MIT", "author": "Microsoft (Fluent Emoji); LobeHub (package)",
@@ -297,13 +316,13 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(items: list[tuple[dict, bytes]], out: Path) -> list[dict]:
+def write_shards(items: list[tuple[dict, bytes]], out: Path, prefix: str = "train") -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("train-*.tar"):
+    for old in out.glob(f"{prefix}-*.tar"):
         old.unlink()
     shards = []
     for s in range(0, len(items), SHARD_SIZE):
-        path = out / f"train-{s // SHARD_SIZE:06d}.tar"
+        path = out / f"{prefix}-{s // SHARD_SIZE:06d}.tar"
         tmp = path.with_suffix(".tar.tmp")
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for i, (meta, png) in enumerate(items[s: s + SHARD_SIZE], start=s):
@@ -334,7 +353,8 @@ WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEM
 COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR
 OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
 """
-CC_URLS = {"CC-BY-4.0": "https://creativecommons.org/licenses/by/4.0/legalcode",
+CC_URLS = {"CC0-1.0": "https://creativecommons.org/publicdomain/zero/1.0/legalcode",
+           "CC-BY-4.0": "https://creativecommons.org/licenses/by/4.0/legalcode",
            "CC-BY-3.0": "https://creativecommons.org/licenses/by/3.0/legalcode",
            "CC-BY-SA-4.0": "https://creativecommons.org/licenses/by-sa/4.0/legalcode"}
 
@@ -356,7 +376,9 @@ def write_licenses(folder: Path, manifest: dict, modules: Path, stamps_copyright
     rows = []
     for style, lic in manifest["licenses"].items():
         spdx = lic.get("spdx") or ""
-        if spdx == "MIT" and style != "emojibase-data":
+        if style == "openclipart":
+            name = "openclipart_debian_copyright_public_domain.txt"
+        elif spdx == "MIT" and style != "emojibase-data":
             name = f"{style}_MIT_LICENSE.txt"
             texts[name] = MIT_TEXT.format(holder=lic.get("author") or style)
         elif spdx in CC_URLS:
@@ -365,11 +387,9 @@ def write_licenses(folder: Path, manifest: dict, modules: Path, stamps_copyright
             name = "GPL-2.0.txt, tuxpaint-stamps-default_debian_copyright.txt"
         elif spdx == "Apache-2.0":
             name = "Apache-2.0.txt"
-        elif spdx == "CC0-1.0":
-            name = "openclipart_debian_copyright_public_domain.txt"
         else:
             name = "emojibase-data_MIT_LICENSE.txt"
-        count = manifest["styles"].get(style, "-")
+        count = manifest["styles"].get(style, "-")  # (flag sets included: their shards are flags-*.tar)
         rows.append(f"| {style} | {count} | {lic.get('author') or ''} | {lic.get('name') or spdx} | {name} | "
                     f"{lic.get('source') or lic.get('url') or ''} |")
     for name, text in texts.items():
@@ -380,6 +400,38 @@ def write_licenses(folder: Path, manifest: dict, modules: Path, stamps_copyright
         "weights were trained on them. OpenMoji and Facebook/Apple emoji images were never used.\n\n"
         "| style | images | author | licence | licence text (here or at) | source |\n|---|---:|---|---|---|---|\n"
         + "\n".join(rows) + "\n", encoding="utf-8")
+
+
+def render_items(b: Builder, workers: int) -> list[tuple[dict, bytes]]:
+    """Render every item of ``b`` (failures counted in ``b.dropped``), shuffled with the fixed seed."""
+    print(f"{len(b.items)} items; rendering with {workers} workers", file=sys.stderr)
+    with ProcessPoolExecutor(workers) as pool:
+        pngs = list(pool.map(render, [job for _, job in b.items], chunksize=64))
+    items = []
+    for (meta, _), png in zip(b.items, pngs):
+        if png is None:
+            b.dropped[f"{meta['style']}: render failed"] += 1
+        else:
+            items.append((meta, png))
+    random.Random(SEED).shuffle(items)
+    return items
+
+
+def add_flags(manifest_path: Path, manifest: dict, b: Builder, workers: int) -> None:
+    """Build the flag sets (:data:`FLAG_SETS`) into their own shards ``flags-*.tar`` beside the training shards
+    (which stay as they were, so older recipes keep their data), and record them in ``manifest``: ``flags``
+    (sets, samples, styles, dropped, shards), their styles and licences, their concepts."""
+    for name in FLAG_SETS:
+        b.flag_set(name)
+    items = render_items(b, workers)
+    shards = write_shards(items, manifest_path.parent, prefix="flags")
+    styles = Counter(m["style"] for m, _ in items)
+    manifest["flags"] = {"sets": list(FLAG_SETS), "samples": len(items), "styles": dict(sorted(styles.items())),
+                         "dropped": dict(sorted(b.dropped.items())), "shards": shards}
+    manifest["styles"] = dict(sorted((manifest["styles"] | styles).items()))
+    manifest["licenses"] = dict(sorted((manifest["licenses"] | {s: b.licenses.get(s) for s in styles}).items()))
+    manifest["concepts"] = sorted(set(manifest["concepts"]) | {m["concept"] for m, _ in items})
+    manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def main() -> int:
@@ -403,7 +455,13 @@ def main() -> int:
         old = json.loads(done.read_text(encoding="utf-8"))
         if old.get("packages", {}).get("npm") == NPM_PACKAGES and old.get("image_size") == args.size and \
                 all((done.parent / s["shard"]).is_file() for s in old["shards"]):
-            print(f"{done.parent}: already built ({old['samples']} samples); --force rebuilds", file=sys.stderr)
+            flags = old.get("flags") or {}
+            if flags.get("sets") == list(FLAG_SETS) and all((done.parent / s["shard"]).is_file() for s in flags["shards"]):
+                print(f"{done.parent}: already built ({old['samples']} samples, {flags['samples']} flags); --force "
+                      "rebuilds", file=sys.stderr)
+                return 0
+            add_flags(done, old, make_builder(modules, args.size), args.workers)  # an older build: add the flags
+            write_licenses(done.parent, old, modules, copyright_file)
             return 0
     b = make_builder(modules, args.size)
     for name in EMOJI_SETS:
@@ -420,19 +478,15 @@ def main() -> int:
                    "emojibase-data": {"name": "MIT", "spdx": "MIT", "author": "Miles Johnson (CLDR annotations: Unicode License)"}}
     assert not any(s in NEVER for s in {m["style"] for m, _ in b.items}), "OpenMoji must never enter training"
     if args.dry_run:
+        fb = make_builder(modules, args.size)
+        for name in FLAG_SETS:
+            fb.flag_set(name)
         print(json.dumps({"items": len(b.items), "styles": Counter(m["style"] for m, _ in b.items),
-                          "dropped": dict(sorted(b.dropped.items()))}, indent=1))
+                          "dropped": dict(sorted(b.dropped.items())), "flag items": len(fb.items),
+                          "flag styles": Counter(m["style"] for m, _ in fb.items),
+                          "flags dropped": dict(sorted(fb.dropped.items()))}, indent=1))
         return 0
-    print(f"{len(b.items)} items; rendering with {args.workers} workers", file=sys.stderr)
-    with ProcessPoolExecutor(args.workers) as pool:
-        pngs = list(pool.map(render, [job for _, job in b.items], chunksize=64))
-    items = []
-    for (meta, _), png in zip(b.items, pngs):
-        if png is None:
-            b.dropped[f"{meta['style']}: render failed"] += 1
-        else:
-            items.append((meta, png))
-    random.Random(SEED).shuffle(items)
+    items = render_items(b, args.workers)
     out = cache / "shards"
     shards = write_shards(items, out)
     styles = Counter(m["style"] for m, _ in items)
@@ -445,7 +499,7 @@ def main() -> int:
         "concepts": sorted({m["concept"] for m, _ in items if m["kind"] == "emoji"}),
         "names": sorted({rules.norm_name(m["name"]) for m, _ in items if m["kind"] != "emoji"}),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    add_flags(out / "manifest.json", manifest, make_builder(modules, args.size), args.workers)
     write_licenses(out, manifest, modules, copyright_file)
     print(json.dumps({k: manifest[k] for k in ("samples", "styles", "dropped")}, indent=1), file=sys.stderr)
     return 0

@@ -37,6 +37,18 @@ def concept_of(hexcode: str) -> str:
     return "-".join(p for p in parts if p != "FE0F" and p not in SKIN_TONES)
 
 
+def flag_hexcode(code: str) -> str | None:
+    """The emoji code points of a flag named by its ISO code: ``"de"`` -> ``"1F1E9-1F1EA"`` (regional-indicator
+    pair), ``"gb-eng"`` -> England's tag sequence; None for anything else (regions, languages, banners)."""
+    code = code.lower()
+    if len(code) == 2 and code.isascii() and code.isalpha():
+        return "-".join(f"{0x1F1E6 + ord(c) - ord('a'):X}" for c in code)
+    if code in ("gb-eng", "gb-sct", "gb-wls"):
+        tags = [f"{0xE0000 + ord(c):X}" for c in code.replace("-", "")]
+        return "-".join(["1F3F4", *tags, "E007F"])
+    return None
+
+
 def concept_split(concept: str) -> str:
     """``"test"`` (held out in every style) or ``"train"``, by the salted hash of ``../shared/data/README.md``."""
     u = int(hashlib.sha256((SPLIT_SALT + concept).encode("utf-8")).hexdigest()[:12], 16) / 2 ** 48

@@ -134,3 +134,34 @@ def test_shipped_record_has_no_held_out_concept_no_openmoji_no_clipart_val_name(
     for style, lic in manifest["licenses"].items():
         assert lic and lic.get("spdx"), f"no licence recorded for {style}"
     assert any(licences.iterdir())
+
+
+def test_flag_codes_map_to_emoji_flags_only():
+    assert rules.flag_hexcode("JP") == "1F1EF-1F1F5"  # regional indicators J, P
+    assert rules.flag_hexcode("gb-sct") == "1F3F4-E0067-E0062-E0073-E0063-E0074-E007F"  # Scotland's tag sequence
+    assert rules.flag_hexcode("us-tx") is None and rules.flag_hexcode("eu1") is None and rules.flag_hexcode("lgbt") is None
+
+
+def test_flag_sets_go_through_the_concept_split(tmp_path):
+    import build_training_data as build
+    entries = ENTRIES + [{"label": "flag: Israel", "hexcode": "1F1EE-1F1F1", "tags": ["flag"], "group": 9}]
+    assert rules.concept_split("1F1EE-1F1F1") == "test"  # held out in every style, flags too
+    index = rules.EmojiIndex(entries)
+    folder = tmp_path / "@iconify/json/json"
+    folder.mkdir(parents=True)
+    body = '<rect width="4" height="3" fill="#c00"/>'
+    icons = {name: {"body": body} for name in ("jp-4x3", "jp-1x1", "il-4x3", "us-tx-4x3", "xk-4x3")}
+    (folder / "flag.json").write_text(json.dumps({"info": {"license": {"spdx": "MIT", "title": "MIT"}},
+                                                  "icons": icons, "width": 4, "height": 3}))
+    b = build.Builder(index, index.held_out_names(), set(), tmp_path, 32)
+    b.flag_set("flag")
+    assert [(m["name"], m["style"], m["concept"]) for m, _ in b.items] == [("flag: Japan", "flag", "1F1EF-1F1F5")] * 2
+    assert b.items[0][0]["captions"][0] == "an emoji of a flag of Japan"
+    assert b.dropped == {"flag: held-out concept": 1, "flag: not an emoji flag": 1, "flag: no emojibase entry": 1}
+    png = build.render(b.items[0][1])  # a 4:3 viewBox padded to a square, rendered on white
+    from io import BytesIO
+
+    from PIL import Image
+
+    im = Image.open(BytesIO(png))
+    assert im.size == (32, 32) and im.getpixel((16, 16)) == (204, 0, 0) and im.getpixel((16, 1)) == (255, 255, 255)
