@@ -142,17 +142,26 @@ def test_flag_codes_map_to_emoji_flags_only():
     assert rules.flag_hexcode("us-tx") is None and rules.flag_hexcode("eu1") is None and rules.flag_hexcode("lgbt") is None
 
 
-def test_flag_sets_go_through_the_concept_split(tmp_path):
-    import build_training_data as build
-    entries = ENTRIES + [{"label": "flag: Israel", "hexcode": "1F1EE-1F1F1", "tags": ["flag"], "group": 9}]
-    assert rules.concept_split("1F1EE-1F1F1") == "test"  # held out in every style, flags too
-    index = rules.EmojiIndex(entries)
-    folder = tmp_path / "@iconify/json/json"
-    folder.mkdir(parents=True)
+FLAG_ENTRIES = ENTRIES + [{"label": "flag: Israel", "hexcode": "1F1EE-1F1F1", "tags": ["flag"], "group": 9}]
+
+
+def fake_flag_sets(modules: Path, names: tuple[str, ...]) -> None:
+    """iconify JSON files under ``modules`` for the flag sets ``names``: Japan (two drawings), Israel (a held-out
+    concept), Texas (no emoji) and Kosovo (two letters, but no emoji), each a red 4:3 rectangle."""
+    folder = modules / "@iconify/json/json"
+    folder.mkdir(parents=True, exist_ok=True)
     body = '<rect width="4" height="3" fill="#c00"/>'
     icons = {name: {"body": body} for name in ("jp-4x3", "jp-1x1", "il-4x3", "us-tx-4x3", "xk-4x3")}
-    (folder / "flag.json").write_text(json.dumps({"info": {"license": {"spdx": "MIT", "title": "MIT"}},
-                                                  "icons": icons, "width": 4, "height": 3}))
+    for name in names:
+        (folder / f"{name}.json").write_text(json.dumps({"info": {"license": {"spdx": "MIT", "title": "MIT"}},
+                                                         "icons": icons, "width": 4, "height": 3}))
+
+
+def test_flag_sets_go_through_the_concept_split(tmp_path):
+    import build_training_data as build
+    assert rules.concept_split("1F1EE-1F1F1") == "test"  # held out in every style, flags too
+    index = rules.EmojiIndex(FLAG_ENTRIES)
+    fake_flag_sets(tmp_path, ("flag",))
     b = build.Builder(index, index.held_out_names(), set(), tmp_path, 32)
     b.flag_set("flag")
     assert [(m["name"], m["style"], m["concept"]) for m, _ in b.items] == [("flag: Japan", "flag", "1F1EF-1F1F5")] * 2
@@ -165,3 +174,28 @@ def test_flag_sets_go_through_the_concept_split(tmp_path):
 
     im = Image.open(BytesIO(png))
     assert im.size == (32, 32) and im.getpixel((16, 16)) == (204, 0, 0) and im.getpixel((16, 1)) == (255, 255, 255)
+
+
+def test_flags_are_added_beside_an_earlier_build_in_their_own_shard(tmp_path):
+    import build_training_data as build
+    index = rules.EmojiIndex(FLAG_ENTRIES)
+    fake_flag_sets(tmp_path, build.FLAG_SETS)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "train-000000.tar").write_bytes(b"earlier build")
+    manifest = {"samples": 1, "styles": {"noto": 1}, "licenses": {"noto": {"spdx": "Apache-2.0"}},
+                "concepts": ["1F4A7"], "shards": [{"shard": "train-000000.tar"}]}
+    build.add_flags(shards / "manifest.json", manifest, build.Builder(index, index.held_out_names(), set(), tmp_path, 32), 1)
+    assert (shards / "train-000000.tar").read_bytes() == b"earlier build"  # the training shards are left as they were
+    on_disk = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
+    assert on_disk == manifest and manifest["samples"] == 1
+    flags = manifest["flags"]
+    assert flags["sets"] == list(build.FLAG_SETS) and flags["samples"] == 2 * len(build.FLAG_SETS)  # Japan, twice a set
+    assert [s["shard"] for s in flags["shards"]] == ["flags-000000.tar"]
+    with tarfile.open(shards / "flags-000000.tar") as tar:
+        metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
+    assert {m["concept"] for m in metas} == {"1F1EF-1F1F5"} and len(metas) == flags["samples"]
+    assert set(manifest["styles"]) == {"noto", *build.FLAG_SETS} and manifest["styles"]["flag"] == 2
+    assert set(manifest["licenses"]) == {"noto", *build.FLAG_SETS}
+    assert manifest["concepts"] == ["1F1EF-1F1F5", "1F4A7"]
+    assert flags["dropped"]["flag: held-out concept"] == 1
