@@ -8,7 +8,8 @@ Deterministic: pinned package versions, sorted inputs, fixed shuffle seed, fixed
 - npm ``@iconify/json`` (emoji sets, colourful icon sets, game-icons, country-flag sets), ``@lobehub/fluent-emoji-3d``
   (3D renders),
   ``emojibase-data`` (labels, tags, shortcodes) with ``npm install --prefix CACHE/npm``;
-- Debian ``tuxpaint-stamps-default`` (``apt-get download`` + ``dpkg-deb -x`` into ``CACHE/deb``);
+- Debian ``tuxpaint-stamps-default``, ``fonts-symbola`` and ``fonts-dejavu-core`` (``apt-get download`` +
+  ``dpkg-deb -x`` into ``CACHE/deb``);
 - the training splits of ``../shared/data`` (emoji google/twitter ``train``, clip-art ``train``).
 SVGs are rendered with resvg-py (non-square viewBoxes padded to a square) onto white, rasters composited
 onto white and padded to a square; every image is stored as a ``SIZE`` px RGB PNG.
@@ -21,6 +22,10 @@ names of its held-out concepts, to keep icons of them out). Skin-tone variants a
 concept and style. Output: ``CACHE/shards/train-{000000..}.tar``; ``flags-{000000..}.tar``, the country flags of
 four flag sets (``FLAG_SETS``, emoji flags only, same rules; kept apart so that the training shards, and the
 recipes that name them, stay as they were; a cache built before them gets them added on the next run);
+``extras-{000000..}.tar``, the same way: Unicode symbols (``SYMBOL_BLOCKS``: geometric shapes, arrows, chess,
+enclosed letters, regional indicators, ...) drawn black on white from two fonts and captioned by their character
+names (an emoji among them takes its emojibase label; any other symbol is the concept of its code point, the rule
+OpenMoji's extras follow, under the same split), and brand logos (``LOGO_SETS``, through the name rules);
 ``manifest.json`` (counts, styles, licences, dropped counts, the concepts and names trained on) and ``LICENSES/``.
 """
 
@@ -55,6 +60,18 @@ ICON_SETS = ("icon-park", "flat-color-icons", "glyphs-poly", "marketeq", "game-i
              "streamline-kameleon-color", "streamline-stickies-color", "streamline-flex-color",
              "streamline-sharp-color", "streamline-cyber-color")
 FLAG_SETS = ("flag", "circle-flags", "flagpack", "cif")  # country flags by ISO code: shards flags-*.tar
+# Unicode symbols drawn from two fonts (Debian packages) and brand logos: shards extras-*.tar
+FONT_DEBS = {"fonts-symbola": ("2.60-1.1", "usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf", "symbola"),
+             "fonts-dejavu-core": ("2.37-6", "usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "dejavu")}
+SYMBOL_BLOCKS = ((0x2100, 0x214F), (0x2190, 0x21FF), (0x2300, 0x23FF), (0x2460, 0x24FF), (0x25A0, 0x25FF),
+                 (0x2600, 0x26FF), (0x2700, 0x27BF), (0x2B00, 0x2BFF), (0x1F100, 0x1F1FF), (0x1F200, 0x1F2FF),
+                 (0x1F780, 0x1F7FF), (0x1FB00, 0x1FBFF))  # letterlike .. legacy computing
+LOGO_SETS = ("logos",)  # colour brand and product logos (CC0)
+FONT_LICENSES = {
+    "symbola": {"name": "Free for any use (Symbola, George Douros)", "spdx": "LicenseRef-Symbola-free",
+                "author": "George Douros", "package": "fonts-symbola", "url": "https://packages.debian.org/fonts-symbola"},
+    "dejavu": {"name": "Bitstream Vera / DejaVu fonts licence", "spdx": "Bitstream-Vera", "author": "DejaVu fonts team",
+               "package": "fonts-dejavu-core", "url": "https://dejavu-fonts.github.io/License.html"}}
 NEVER = ("openmoji",)  # the unseen-style validation set
 SHARD_SIZE = 5000
 SEED = 20261129
@@ -84,14 +101,60 @@ def install(cache: Path) -> tuple[Path, Path]:
     return modules, stamps
 
 
+def install_fonts(cache: Path) -> dict[str, Path]:
+    """Download and unpack the pinned font packages (:data:`FONT_DEBS`) into ``CACHE/deb``; style -> font file."""
+    deb = cache / "deb"
+    fonts = {}
+    for name, (version, member, style) in FONT_DEBS.items():
+        path = deb / "root" / member
+        if not path.is_file():
+            deb.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=deb, check=True)
+            subprocess.run(["dpkg-deb", "-x", str(max(deb.glob(f"{name}_{version}_*.deb"))), str(deb / "root")],
+                           check=True)
+        fonts[style] = path
+    return fonts
+
+
+def font_chars(font: Path) -> list[str]:
+    """The named characters of :data:`SYMBOL_BLOCKS` that ``font`` draws (its cmap), in code point order."""
+    from fontTools.ttLib import TTFont
+
+    cmap = TTFont(str(font), lazy=True).getBestCmap()
+    return [chr(c) for lo, hi in SYMBOL_BLOCKS for c in range(lo, hi + 1) if c in cmap and rules.symbol_name(chr(c))]
+
+
 # ------------------------------------------------------------------------------------------ rendering
+def render_glyph(font_path: str, char: str, size: int):
+    """One character of a font, black on white, scaled to fill 80% of a ``size`` px square (None: no ink)."""
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+    font = ImageFont.truetype(font_path, 4 * size)
+    big = Image.new("L", (12 * size, 12 * size), 255)
+    ImageDraw.Draw(big).text((4 * size, 4 * size), char, font=font, fill=0)
+    box = ImageOps.invert(big).getbbox()
+    if box is None:
+        return None
+    ink = big.crop(box)
+    scale = 0.8 * size / max(ink.size)
+    ink = ink.resize((max(1, round(ink.width * scale)), max(1, round(ink.height * scale))), Image.LANCZOS)
+    out = Image.new("L", (size, size), 255)
+    out.paste(ink, ((size - ink.width) // 2, (size - ink.height) // 2))
+    return out.convert("RGBA")
+
+
+
 def render(job: tuple) -> bytes | None:
     """``("svg", markup)`` or ``("raster", bytes)`` -> ``size`` px RGB PNG bytes on white (None if it fails)."""
     kind, payload, size = job
     from PIL import Image
 
     try:
-        if kind == "svg":
+        if kind == "glyph":
+            im = render_glyph(*payload, size)
+            if im is None:
+                return None
+        elif kind == "svg":
             import resvg_py
 
             data = bytes(resvg_py.svg_to_bytes(svg_string=payload, skip_system_fonts=True, width=size, height=size))
@@ -195,6 +258,41 @@ class Builder:
                 continue
             self.add_emoji(set_name, hexcode, ("svg", icon_svg(data["icons"][name], w, h), self.size),
                            data["info"]["license"]["spdx"], f"npm:@iconify/json/{set_name}")
+
+    def symbols(self, fonts: dict[str, Path]) -> None:
+        """Unicode symbols (:data:`SYMBOL_BLOCKS`) drawn from each font of ``fonts`` (style -> file): an emoji
+        goes through :meth:`add_emoji` with the font as its style; any other symbol is a concept of its own code
+        point (the rule OpenMoji's extras follow) under the same split, captioned by its character name."""
+        for style, font in fonts.items():
+            self.licenses[style] = FONT_LICENSES[style]
+            for char in font_chars(font):
+                hexcode = f"{ord(char):04X}"
+                job = ("glyph", (str(font), char), self.size)
+                if self.index.entry(hexcode) is not None:
+                    self.add_emoji(style, hexcode, job, FONT_LICENSES[style]["spdx"], f"deb:{FONT_LICENSES[style]['package']}")
+                    continue
+                if rules.concept_split(hexcode) != "train":
+                    self.dropped[f"{style}: held-out concept"] += 1
+                    continue
+                name = rules.symbol_name(char)
+                if rules.norm_name(name) in self.held_out:
+                    self.dropped[f"{style}: held-out emoji name"] += 1
+                    continue
+                meta = {"source": f"deb:{FONT_LICENSES[style]['package']}", "style": style, "kind": "symbol",
+                        "codepoint": hexcode, "concept": hexcode, "concept_split": "train", "name": name,
+                        "captions": rules.symbol_captions(name), "flip": False, "license": FONT_LICENSES[style]["spdx"]}
+                self.items.append((meta, job))
+
+    def logo_set(self, set_name: str) -> None:
+        """Brand and product logos, by icon name (``google-chrome`` -> "google chrome"), through the name rules."""
+        data = self.iconify(set_name)
+        self.note_license(set_name, data["info"])
+        w, h = data.get("width", 16), data.get("height", 16)
+        for name in sorted(data["icons"]):
+            clean = rules.clean_icon_name(name.removesuffix("-icon").removesuffix("-wordmark"))
+            self.add_named(set_name, clean, rules.logo_captions(clean), False,
+                           ("svg", icon_svg(data["icons"][name], w, h), self.size),
+                           data["info"]["license"]["spdx"], f"npm:@iconify/json/{set_name}", "logo")
 
     def fluent_3d(self) -> None:
         folder = self.modules / "@lobehub/fluent-emoji-3d/assets"
@@ -383,13 +481,16 @@ def write_licenses(folder: Path, manifest: dict, modules: Path, stamps_copyright
             texts[name] = MIT_TEXT.format(holder=lic.get("author") or style)
         elif spdx in CC_URLS:
             name = CC_URLS[spdx]
+        elif style in FONT_LICENSES:
+            name = f"{FONT_LICENSES[style]['package']}_debian_copyright.txt"
+            texts[name] = (stamps_copyright.parents[1] / FONT_LICENSES[style]["package"] / "copyright").read_text(encoding="utf-8")
         elif spdx == "GPL-2.0":
             name = "GPL-2.0.txt, tuxpaint-stamps-default_debian_copyright.txt"
         elif spdx == "Apache-2.0":
             name = "Apache-2.0.txt"
         else:
             name = "emojibase-data_MIT_LICENSE.txt"
-        count = manifest["styles"].get(style, "-")  # (flag sets included: their shards are flags-*.tar)
+        count = manifest["styles"].get(style, "-")  # (flag sets and extras included: shards flags-*, extras-*)
         rows.append(f"| {style} | {count} | {lic.get('author') or ''} | {lic.get('name') or spdx} | {name} | "
                     f"{lic.get('source') or lic.get('url') or ''} |")
     for name, text in texts.items():
@@ -417,21 +518,44 @@ def render_items(b: Builder, workers: int) -> list[tuple[dict, bytes]]:
     return items
 
 
-def add_flags(manifest_path: Path, manifest: dict, b: Builder, workers: int) -> None:
-    """Build the flag sets (:data:`FLAG_SETS`) into their own shards ``flags-*.tar`` beside the training shards
-    (which stay as they were, so older recipes keep their data), and record them in ``manifest``: ``flags``
-    (sets, samples, styles, dropped, shards), their styles and licences, their concepts."""
-    for name in FLAG_SETS:
-        b.flag_set(name)
+def add_shards(manifest_path: Path, manifest: dict, b: Builder, workers: int, key: str, sources: list[str]) -> None:
+    """Render what ``b`` collected into shards ``{key}-*.tar`` beside the training shards (which stay as they
+    were, so older recipes keep their data), and record them in ``manifest``: ``key`` (sources, samples, styles,
+    dropped, shards), their styles and licences, their emoji concepts and their names."""
     items = render_items(b, workers)
-    shards = write_shards(items, manifest_path.parent, prefix="flags")
+    shards = write_shards(items, manifest_path.parent, prefix=key)
     styles = Counter(m["style"] for m, _ in items)
-    manifest["flags"] = {"sets": list(FLAG_SETS), "samples": len(items), "styles": dict(sorted(styles.items())),
-                         "dropped": dict(sorted(b.dropped.items())), "shards": shards}
+    manifest[key] = {"sets": sources, "samples": len(items), "styles": dict(sorted(styles.items())),
+                     "dropped": dict(sorted(b.dropped.items())), "shards": shards}
     manifest["styles"] = dict(sorted((manifest["styles"] | styles).items()))
     manifest["licenses"] = dict(sorted((manifest["licenses"] | {s: b.licenses.get(s) for s in styles}).items()))
-    manifest["concepts"] = sorted(set(manifest["concepts"]) | {m["concept"] for m, _ in items})
+    manifest["concepts"] = sorted(set(manifest["concepts"]) | {m["concept"] for m, _ in items if "concept" in m})
+    manifest["names"] = sorted(set(manifest.get("names", [])) | {rules.norm_name(m["name"]) for m, _ in items
+                                                                 if m["kind"] not in ("emoji", "symbol")})
     manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def add_flags(manifest_path: Path, manifest: dict, b: Builder, workers: int) -> None:
+    """The flag sets (:data:`FLAG_SETS`) into shards ``flags-*.tar`` (see :func:`add_shards`)."""
+    for name in FLAG_SETS:
+        b.flag_set(name)
+    add_shards(manifest_path, manifest, b, workers, "flags", list(FLAG_SETS))
+
+
+def extras_sources(fonts: dict[str, Path]) -> list[str]:
+    return [f"font:{style}" for style in fonts] + list(LOGO_SETS)
+
+
+def add_extras(manifest_path: Path, manifest: dict, b: Builder, workers: int, fonts: dict[str, Path]) -> None:
+    """Unicode symbols from ``fonts`` and the logo sets (:data:`LOGO_SETS`) into shards ``extras-*.tar``."""
+    b.symbols(fonts)
+    for name in LOGO_SETS:
+        b.logo_set(name)
+    add_shards(manifest_path, manifest, b, workers, "extras", extras_sources(fonts))
+
+
+def built(folder: Path, part: dict | None, sources: list[str]) -> bool:
+    return bool(part) and part.get("sets") == sources and all((folder / s["shard"]).is_file() for s in part["shards"])
 
 
 def main() -> int:
@@ -445,6 +569,7 @@ def main() -> int:
     args = ap.parse_args()
     cache = Path(args.cache)
     modules, stamps = install(cache)
+    fonts = install_fonts(cache)
     copyright_file = stamps.parents[1] / "doc/tuxpaint-stamps-default/copyright"
     if args.licenses_only:
         out = cache / "shards"
@@ -455,12 +580,16 @@ def main() -> int:
         old = json.loads(done.read_text(encoding="utf-8"))
         if old.get("packages", {}).get("npm") == NPM_PACKAGES and old.get("image_size") == args.size and \
                 all((done.parent / s["shard"]).is_file() for s in old["shards"]):
-            flags = old.get("flags") or {}
-            if flags.get("sets") == list(FLAG_SETS) and all((done.parent / s["shard"]).is_file() for s in flags["shards"]):
-                print(f"{done.parent}: already built ({old['samples']} samples, {flags['samples']} flags); --force "
-                      "rebuilds", file=sys.stderr)
+            have_flags = built(done.parent, old.get("flags"), list(FLAG_SETS))
+            have_extras = built(done.parent, old.get("extras"), extras_sources(fonts))
+            if have_flags and have_extras:
+                print(f"{done.parent}: already built ({old['samples']} samples, {old['flags']['samples']} flags, "
+                      f"{old['extras']['samples']} extras); --force rebuilds", file=sys.stderr)
                 return 0
-            add_flags(done, old, make_builder(modules, args.size), args.workers)  # an older build: add the flags
+            if not have_flags:  # an older build: add what it lacks
+                add_flags(done, old, make_builder(modules, args.size), args.workers)
+            if not have_extras:
+                add_extras(done, old, make_builder(modules, args.size), args.workers, fonts)
             write_licenses(done.parent, old, modules, copyright_file)
             return 0
     b = make_builder(modules, args.size)
@@ -478,13 +607,18 @@ def main() -> int:
                    "emojibase-data": {"name": "MIT", "spdx": "MIT", "author": "Miles Johnson (CLDR annotations: Unicode License)"}}
     assert not any(s in NEVER for s in {m["style"] for m, _ in b.items}), "OpenMoji must never enter training"
     if args.dry_run:
-        fb = make_builder(modules, args.size)
+        fb, xb = make_builder(modules, args.size), make_builder(modules, args.size)
         for name in FLAG_SETS:
             fb.flag_set(name)
+        xb.symbols(fonts)
+        for name in LOGO_SETS:
+            xb.logo_set(name)
         print(json.dumps({"items": len(b.items), "styles": Counter(m["style"] for m, _ in b.items),
                           "dropped": dict(sorted(b.dropped.items())), "flag items": len(fb.items),
                           "flag styles": Counter(m["style"] for m, _ in fb.items),
-                          "flags dropped": dict(sorted(fb.dropped.items()))}, indent=1))
+                          "flags dropped": dict(sorted(fb.dropped.items())), "extra items": len(xb.items),
+                          "extra styles": Counter(m["style"] for m, _ in xb.items),
+                          "extras dropped": dict(sorted(xb.dropped.items()))}, indent=1))
         return 0
     items = render_items(b, args.workers)
     out = cache / "shards"
@@ -500,6 +634,7 @@ def main() -> int:
         "names": sorted({rules.norm_name(m["name"]) for m, _ in items if m["kind"] != "emoji"}),
     }
     add_flags(out / "manifest.json", manifest, make_builder(modules, args.size), args.workers)
+    add_extras(out / "manifest.json", manifest, make_builder(modules, args.size), args.workers, fonts)
     write_licenses(out, manifest, modules, copyright_file)
     print(json.dumps({k: manifest[k] for k in ("samples", "styles", "dropped")}, indent=1), file=sys.stderr)
     return 0

@@ -230,6 +230,29 @@ def icon_captions(name: str, kind: str = "icon", category: str | None = None) ->
     return list(dict.fromkeys(caps))
 
 
+def symbol_name(char: str) -> str | None:
+    """Caption name of a Unicode symbol from its character name: ``"\u265d"`` -> ``"black chess bishop"``,
+    ``"\U0001f1e6"`` -> ``"regional indicator A"`` (the way emoji sets name it); None for unnamed code points."""
+    import unicodedata
+
+    name = unicodedata.name(char, "")
+    if not name:
+        return None
+    if name.startswith("REGIONAL INDICATOR SYMBOL LETTER "):
+        return "regional indicator " + name[-1]
+    return name.lower()
+
+
+def symbol_captions(name: str) -> list[str]:
+    """Captions of a Unicode symbol drawn from a font (the loader samples one per epoch)."""
+    return list(dict.fromkeys([f"an emoji of {article(name)}", name, f"the symbol {name}", f"a picture of {article(name)}"]))
+
+
+def logo_captions(name: str) -> list[str]:
+    """Captions of a brand or product logo named ``name``."""
+    return list(dict.fromkeys([f"an emoji of {name}", name, f"the {name} logo", f"a logo of {name}"]))
+
+
 def may_flip(name: str, group: int | None = None) -> bool:
     """Whether a mirror image keeps the caption true: not for flags, symbols, arrows, text, clocks, money, ..."""
     if group in (8, 9):  # emoji symbols (arrows, keycaps, letters, signs) and flags

@@ -199,3 +199,74 @@ def test_flags_are_added_beside_an_earlier_build_in_their_own_shard(tmp_path):
     assert set(manifest["licenses"]) == {"noto", *build.FLAG_SETS}
     assert manifest["concepts"] == ["1F1EF-1F1F5", "1F4A7"]
     assert flags["dropped"]["flag: held-out concept"] == 1
+
+
+def bundled_font() -> Path:
+    """DejaVu Sans as matplotlib ships it (a real font file with the geometric shapes and chess pieces)."""
+    import matplotlib
+
+    return Path(matplotlib.__file__).parent / "mpl-data/fonts/ttf/DejaVuSans.ttf"
+
+
+def test_symbol_names_and_captions():
+    assert rules.symbol_name("\u265d") == "black chess bishop"
+    assert rules.symbol_name("\U0001f1e6") == "regional indicator A"  # as OpenMoji and emoji sets name it
+    assert rules.symbol_name("\ue000") is None  # private use: no name, never a symbol
+    assert rules.symbol_captions("black hexagon")[0] == "an emoji of a black hexagon"
+    assert "the youtube logo" in rules.logo_captions("youtube")
+
+
+def test_font_symbols_go_through_the_concept_split_and_the_emoji_rules(tmp_path):
+    import build_training_data as build
+    font = bundled_font()
+    chars = build.font_chars(font)
+    assert "\u265d" in chars and "\u25cf" in chars and all(rules.symbol_name(c) for c in chars)
+    # the sun (2600) is an emoji: it takes its emojibase label; other symbols are concepts of their code point
+    index = rules.EmojiIndex(ENTRIES + [{"label": "sun", "hexcode": "2600-FE0F", "tags": ["sunny"], "group": 3}])
+    b = build.Builder(index, index.held_out_names() | {"black hexagon"}, set(), tmp_path, 32)
+    b.symbols({"dejavu": font})
+    metas = {m["codepoint"]: m for m, _ in b.items}
+    held = [c for c in chars if rules.concept_split(f"{ord(c):04X}") == "test"]
+    assert held and not {f"{ord(c):04X}" for c in held} & set(metas)  # held-out code points never enter
+    assert metas["2600"]["kind"] == "emoji" and metas["2600"]["name"] == "sun"
+    bishop = metas["265D"]
+    assert (bishop["kind"], bishop["name"], bishop["concept"], bishop["flip"]) == ("symbol", "black chess bishop", "265D", False)
+    assert "2B22" not in metas and b.dropped["dejavu: held-out emoji name"] >= 1  # black hexagon: a held-out name
+    assert b.dropped["dejavu: held-out concept"] == len(held) - ("2600" in {f"{ord(c):04X}" for c in held})
+    from io import BytesIO
+
+    from PIL import Image
+
+    im = Image.open(BytesIO(build.render(b.items[[m["codepoint"] for m, _ in b.items].index("25CF")][1])))
+    assert im.size == (32, 32) and im.getpixel((16, 16)) == (0, 0, 0) and im.getpixel((1, 1)) == (255, 255, 255)  # black circle
+    assert build.render(("glyph", (str(font), " "), 32)) is None  # no ink: a render failure, counted
+
+
+def test_extras_are_added_beside_an_earlier_build_in_their_own_shard(tmp_path):
+    import build_training_data as build
+    index = rules.EmojiIndex(ENTRIES)
+    folder = tmp_path / "@iconify/json/json"
+    folder.mkdir(parents=True)
+    icons = {"google-chrome": {"body": '<circle cx="8" cy="8" r="7" fill="#1a73e8"/>'},
+             "man-bowing-icon": {"body": '<rect width="16" height="16"/>'}}  # named like a held-out emoji
+    (folder / "logos.json").write_text(json.dumps({"info": {"license": {"spdx": "CC0-1.0", "title": "CC0"}},
+                                                   "icons": icons, "width": 16, "height": 16}))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    manifest = {"samples": 1, "styles": {"noto": 1}, "licenses": {"noto": {"spdx": "Apache-2.0"}},
+                "concepts": ["1F4A7"], "names": ["anvil"], "shards": [{"shard": "train-000000.tar"}]}
+    fonts = {"dejavu": bundled_font()}
+    build.add_extras(shards / "manifest.json", manifest, build.Builder(index, index.held_out_names(), set(), tmp_path, 32),
+                     1, fonts)
+    extras = manifest["extras"]
+    assert extras["sets"] == ["font:dejavu", "logos"] and extras["styles"]["logos"] == 1
+    assert extras["dropped"]["logos: held-out emoji name"] == 1
+    assert "google chrome" in manifest["names"] and "anvil" in manifest["names"]
+    assert not [c for c in manifest["concepts"] if rules.concept_split(c) != "train"]
+    with tarfile.open(shards / "extras-000000.tar") as tar:
+        metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
+    assert len(metas) == extras["samples"] == extras["styles"]["dejavu"] + 1
+    chrome = next(m for m in metas if m["style"] == "logos")
+    assert chrome["captions"][:2] == ["an emoji of google chrome", "google chrome"] and chrome["kind"] == "logo"
+    assert json.loads((shards / "manifest.json").read_text(encoding="utf-8")) == manifest
+    assert build.built(shards, extras, build.extras_sources(fonts)) and not build.built(shards, extras, ["logos"])
