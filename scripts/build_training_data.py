@@ -93,12 +93,15 @@ def install(cache: Path) -> tuple[Path, Path]:
     deb = cache / "deb"
     stamps = deb / "root/usr/share/tuxpaint/stamps"
     if not stamps.is_dir():
-        deb.mkdir(parents=True, exist_ok=True)
-        name, version = DEB_PACKAGE
-        subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=deb, check=True)
-        debs = sorted(deb.glob(f"{name}_*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(deb / "root")], check=True)
+        fetch_deb(deb, *DEB_PACKAGE)
     return modules, stamps
+
+
+def fetch_deb(deb: Path, name: str, version: str) -> None:
+    """``apt-get download`` the Debian package ``name=version`` into ``deb`` and unpack it into ``deb/root``."""
+    deb.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=deb, check=True)
+    subprocess.run(["dpkg-deb", "-x", str(max(deb.glob(f"{name}_{version}_*.deb"))), str(deb / "root")], check=True)
 
 
 def install_fonts(cache: Path) -> dict[str, Path]:
@@ -108,10 +111,7 @@ def install_fonts(cache: Path) -> dict[str, Path]:
     for name, (version, member, style) in FONT_DEBS.items():
         path = deb / "root" / member
         if not path.is_file():
-            deb.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=deb, check=True)
-            subprocess.run(["dpkg-deb", "-x", str(max(deb.glob(f"{name}_{version}_*.deb"))), str(deb / "root")],
-                           check=True)
+            fetch_deb(deb, name, version)
         fonts[style] = path
     return fonts
 
@@ -143,9 +143,9 @@ def render_glyph(font_path: str, char: str, size: int):
     return out.convert("RGBA")
 
 
-
 def render(job: tuple) -> bytes | None:
-    """``("svg", markup)`` or ``("raster", bytes)`` -> ``size`` px RGB PNG bytes on white (None if it fails)."""
+    """``("svg", markup, size)``, ``("raster", bytes, size)`` or ``("glyph", (font file, character), size)`` ->
+    ``size`` px RGB PNG bytes on white (None if it fails)."""
     kind, payload, size = job
     from PIL import Image
 
@@ -264,23 +264,23 @@ class Builder:
         goes through :meth:`add_emoji` with the font as its style; any other symbol is a concept of its own code
         point (the rule OpenMoji's extras follow) under the same split, captioned by its character name."""
         for style, font in fonts.items():
-            self.licenses[style] = FONT_LICENSES[style]
+            lic = self.licenses[style] = FONT_LICENSES[style]
+            source = f"deb:{lic['package']}"
             for char in font_chars(font):
                 hexcode = f"{ord(char):04X}"
                 job = ("glyph", (str(font), char), self.size)
                 if self.index.entry(hexcode) is not None:
-                    self.add_emoji(style, hexcode, job, FONT_LICENSES[style]["spdx"], f"deb:{FONT_LICENSES[style]['package']}")
+                    self.add_emoji(style, hexcode, job, lic["spdx"], source)
                     continue
                 if rules.concept_split(hexcode) != "train":
                     self.dropped[f"{style}: held-out concept"] += 1
                     continue
                 name = rules.symbol_name(char)
-                if rules.norm_name(name) in self.held_out:
-                    self.dropped[f"{style}: held-out emoji name"] += 1
+                if self.name_dropped(style, name):
                     continue
-                meta = {"source": f"deb:{FONT_LICENSES[style]['package']}", "style": style, "kind": "symbol",
-                        "codepoint": hexcode, "concept": hexcode, "concept_split": "train", "name": name,
-                        "captions": rules.symbol_captions(name), "flip": False, "license": FONT_LICENSES[style]["spdx"]}
+                meta = {"source": source, "style": style, "kind": "symbol", "codepoint": hexcode, "concept": hexcode,
+                        "concept_split": "train", "name": name, "captions": rules.symbol_captions(name), "flip": False,
+                        "license": lic["spdx"]}
                 self.items.append((meta, job))
 
     def logo_set(self, set_name: str) -> None:
@@ -310,19 +310,21 @@ class Builder:
     # ---- named pictures -------------------------------------------------------------------------------
     def add_named(self, style: str, name: str, captions: list[str], flip: bool, job: tuple, license_: str,
                   source: str, kind: str) -> None:
-        key = rules.norm_name(name)
-        if not key or len(key) < 3:
-            self.dropped[f"{style}: no usable name"] += 1
-            return
-        if key in self.clipart_val:
-            self.dropped[f"{style}: clip-art val name"] += 1
-            return
-        if key in self.held_out:
-            self.dropped[f"{style}: held-out emoji name"] += 1
+        if self.name_dropped(style, name):
             return
         meta = {"source": source, "style": style, "kind": kind, "name": name, "captions": captions, "flip": flip,
                 "license": license_}
         self.items.append((meta, job))
+
+    def name_dropped(self, style: str, name: str) -> bool:
+        """The name rules of every named picture: True (and counted) if ``name`` is unusable, a clip-art ``val``
+        name or a held-out emoji's name."""
+        key = rules.norm_name(name)
+        reason = ("no usable name" if not key or len(key) < 3 else "clip-art val name" if key in self.clipart_val
+                  else "held-out emoji name" if key in self.held_out else None)
+        if reason:
+            self.dropped[f"{style}: {reason}"] += 1
+        return reason is not None
 
     def icon_set(self, set_name: str) -> None:
         data = self.iconify(set_name)
@@ -535,10 +537,22 @@ def add_shards(manifest_path: Path, manifest: dict, b: Builder, workers: int, ke
     manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def add_flags(manifest_path: Path, manifest: dict, b: Builder, workers: int) -> None:
-    """The flag sets (:data:`FLAG_SETS`) into shards ``flags-*.tar`` (see :func:`add_shards`)."""
+def collect_flags(b: Builder) -> Builder:
     for name in FLAG_SETS:
         b.flag_set(name)
+    return b
+
+
+def collect_extras(b: Builder, fonts: dict[str, Path]) -> Builder:
+    b.symbols(fonts)
+    for name in LOGO_SETS:
+        b.logo_set(name)
+    return b
+
+
+def add_flags(manifest_path: Path, manifest: dict, b: Builder, workers: int) -> None:
+    """The flag sets (:data:`FLAG_SETS`) into shards ``flags-*.tar`` (see :func:`add_shards`)."""
+    collect_flags(b)
     add_shards(manifest_path, manifest, b, workers, "flags", list(FLAG_SETS))
 
 
@@ -548,9 +562,7 @@ def extras_sources(fonts: dict[str, Path]) -> list[str]:
 
 def add_extras(manifest_path: Path, manifest: dict, b: Builder, workers: int, fonts: dict[str, Path]) -> None:
     """Unicode symbols from ``fonts`` and the logo sets (:data:`LOGO_SETS`) into shards ``extras-*.tar``."""
-    b.symbols(fonts)
-    for name in LOGO_SETS:
-        b.logo_set(name)
+    collect_extras(b, fonts)
     add_shards(manifest_path, manifest, b, workers, "extras", extras_sources(fonts))
 
 
@@ -607,12 +619,8 @@ def main() -> int:
                    "emojibase-data": {"name": "MIT", "spdx": "MIT", "author": "Miles Johnson (CLDR annotations: Unicode License)"}}
     assert not any(s in NEVER for s in {m["style"] for m, _ in b.items}), "OpenMoji must never enter training"
     if args.dry_run:
-        fb, xb = make_builder(modules, args.size), make_builder(modules, args.size)
-        for name in FLAG_SETS:
-            fb.flag_set(name)
-        xb.symbols(fonts)
-        for name in LOGO_SETS:
-            xb.logo_set(name)
+        fb = collect_flags(make_builder(modules, args.size))
+        xb = collect_extras(make_builder(modules, args.size), fonts)
         print(json.dumps({"items": len(b.items), "styles": Counter(m["style"] for m, _ in b.items),
                           "dropped": dict(sorted(b.dropped.items())), "flag items": len(fb.items),
                           "flag styles": Counter(m["style"] for m, _ in fb.items),

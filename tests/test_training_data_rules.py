@@ -223,7 +223,7 @@ def test_font_symbols_go_through_the_concept_split_and_the_emoji_rules(tmp_path)
     assert "\u265d" in chars and "\u25cf" in chars and all(rules.symbol_name(c) for c in chars)
     # the sun (2600) is an emoji: it takes its emojibase label; other symbols are concepts of their code point
     index = rules.EmojiIndex(ENTRIES + [{"label": "sun", "hexcode": "2600-FE0F", "tags": ["sunny"], "group": 3}])
-    b = build.Builder(index, index.held_out_names() | {"black hexagon"}, set(), tmp_path, 32)
+    b = build.Builder(index, index.held_out_names() | {"black hexagon"}, {"lightning"}, tmp_path, 32)
     b.symbols({"dejavu": font})
     metas = {m["codepoint"]: m for m, _ in b.items}
     held = [c for c in chars if rules.concept_split(f"{ord(c):04X}") == "test"]
@@ -232,6 +232,8 @@ def test_font_symbols_go_through_the_concept_split_and_the_emoji_rules(tmp_path)
     bishop = metas["265D"]
     assert (bishop["kind"], bishop["name"], bishop["concept"], bishop["flip"]) == ("symbol", "black chess bishop", "265D", False)
     assert "2B22" not in metas and b.dropped["dejavu: held-out emoji name"] >= 1  # black hexagon: a held-out name
+    assert rules.concept_split("2607") == "train" and "\u2607" in chars  # a train code point, but ...
+    assert "2607" not in metas and b.dropped["dejavu: clip-art val name"] == 1  # ... named like a clip-art val name
     assert b.dropped["dejavu: held-out concept"] == len(held) - ("2600" in {f"{ord(c):04X}" for c in held})
     from io import BytesIO
 
