@@ -12,6 +12,8 @@
 #                                         weighted x3, logit scale started at 30, zoom-out crops, outlines drawn on half
 #                                         the pictures; 8,400 steps of 128, 93 minutes on the 2-core CPU (2 threads, fp32)
 #   4. kontrast.save of runs/default_model_v5/final + the data manifest and licence texts, then a measurement.
+# Tried and not shipped (recipes/README.md): recipes/default_model_v6.yaml (+ the extras shard) and
+# recipes/default_model_v7.yaml (an EfficientNet-Lite1 trunk: init_lite_model.py --trunk tf_efficientnet_lite1).
 # The fourth generation (recipes/default_model_v4.yaml: the same without the flag sets; kontrast.load("default-v4"))
 # and the third (recipes/default_model_v3.yaml: without flags and outlines; kontrast.load("default-v3")) are in
 # recipes/README.md.
