@@ -531,9 +531,9 @@ def add_shards(manifest_path: Path, manifest: dict, b: Builder, workers: int, ke
                      "dropped": dict(sorted(b.dropped.items())), "shards": shards}
     manifest["styles"] = dict(sorted((manifest["styles"] | styles).items()))
     manifest["licenses"] = dict(sorted((manifest["licenses"] | {s: b.licenses.get(s) for s in styles}).items()))
-    manifest["concepts"] = sorted(set(manifest["concepts"]) | {m["concept"] for m, _ in items if "concept" in m})
-    manifest["names"] = sorted(set(manifest.get("names", [])) | {rules.norm_name(m["name"]) for m, _ in items
-                                                                 if m["kind"] not in ("emoji", "symbol")})
+    metas = [m for m, _ in items]
+    manifest["concepts"] = sorted(set(manifest["concepts"]) | set(rules.record_concepts(metas)))
+    manifest["names"] = sorted(set(manifest.get("names", [])) | set(rules.record_names(metas)))
     manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -638,8 +638,8 @@ def main() -> int:
         "packages": {"npm": NPM_PACKAGES, "deb": {DEB_PACKAGE[0]: DEB_PACKAGE[1]}, "shared": ["emoji google/twitter train", "clipart train"]},
         "licenses": {s: b.licenses.get(s) for s in sorted(styles)} | {"emojibase-data": b.licenses["emojibase-data"]},
         "dropped": dict(sorted(b.dropped.items())), "shards": shards,
-        "concepts": sorted({m["concept"] for m, _ in items if m["kind"] == "emoji"}),
-        "names": sorted({rules.norm_name(m["name"]) for m, _ in items if m["kind"] != "emoji"}),
+        "concepts": rules.record_concepts(m for m, _ in items),
+        "names": rules.record_names(m for m, _ in items),
     }
     add_flags(out / "manifest.json", manifest, make_builder(modules, args.size), args.workers)
     add_extras(out / "manifest.json", manifest, make_builder(modules, args.size), args.workers, fonts)

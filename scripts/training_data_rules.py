@@ -190,6 +190,17 @@ def norm_name(name: str) -> str:
     return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words)
 
 
+def record_concepts(metas: Iterable[Mapping]) -> list[str]:
+    """The emoji concepts a training record lists: those of every picture that has one (emoji, font symbols)."""
+    return sorted({m["concept"] for m in metas if "concept" in m})
+
+
+def record_names(metas: Iterable[Mapping]) -> list[str]:
+    """The picture names a training record lists (normalised): every picture's but the emoji's and the font
+    symbols', which the record holds by concept."""
+    return sorted({norm_name(m["name"]) for m in metas if m["kind"] not in ("emoji", "symbol")})
+
+
 def clean_icon_name(name: str) -> str:
     """``"arrow-reload-horizontal-1-flat"`` -> ``"arrow reload horizontal"``; ``"boot-kick"`` -> ``"boot kick"``."""
     name = SUFFIX_RE.sub("", name.lower())

@@ -15,13 +15,13 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import training_data_rules as rules
+from build_training_data import read_shards
 
 #: Parts of the build that live beside the training shards, each its own manifest entry and shard prefix.
 PARTS = ("flags", "extras")
@@ -32,29 +32,24 @@ def parts_used(train_data: Sequence[str]) -> list[str]:
     return [p for p in PARTS if any(Path(pattern).name.startswith(f"{p}-") for pattern in train_data)]
 
 
-def shard_metadata(paths: Iterable[Path]) -> Iterable[dict]:
-    """The ``.json`` metadata of every picture in the shards ``paths``."""
-    for path in paths:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    yield json.load(tar.extractfile(member))
-
-
 def record_for(manifest: dict, folder: Path, parts: Sequence[str]) -> dict:
     """The record of a model trained on the training shards of ``manifest`` (in ``folder``) and its ``parts``."""
     unknown = [p for p in parts if p not in manifest]
     if unknown:
         raise ValueError(f"the manifest in {folder} has no part {unknown[0]!r} (built: {', '.join(manifest)})")
     shards = [s["shard"] for s in manifest["shards"]] + [s["shard"] for p in parts for s in manifest[p]["shards"]]
-    metas = list(shard_metadata(folder / s for s in shards))
+    missing = [s for s in shards if not (folder / s).is_file()]
+    if missing:
+        raise ValueError(f"{folder / missing[0]}: shard listed in the manifest is missing; rerun "
+                         "scripts/build_training_data.py")
+    metas = [meta for meta, _ in read_shards([folder / s for s in shards])]
     styles = Counter(m["style"] for m in metas)
     record = {k: v for k, v in manifest.items() if k not in PARTS} | {p: manifest[p] for p in parts}
     record["styles"] = dict(sorted(styles.items()))
     # a licence of a style comes with the style; one of no style (emojibase-data's labels) serves every part
     record["licenses"] = {k: v for k, v in manifest["licenses"].items() if k in styles or k not in manifest["styles"]}
-    record["concepts"] = sorted({m["concept"] for m in metas if "concept" in m})
-    record["names"] = sorted({rules.norm_name(m["name"]) for m in metas if m["kind"] not in ("emoji", "symbol")})
+    record["concepts"] = rules.record_concepts(metas)
+    record["names"] = rules.record_names(metas)
     return record
 
 
@@ -67,10 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the record here (default: standard output)")
     args = ap.parse_args(argv)
     folder = Path(args.cache) / "shards"
-    train_data = yaml.safe_load(Path(args.recipe).read_text())["train_data"]
-    train_data = [train_data] if isinstance(train_data, str) else train_data
+    if not (folder / "manifest.json").is_file():
+        ap.error(f"{folder / 'manifest.json'} not found: build the data first (scripts/build_training_data.py)")
+    recipe = yaml.safe_load(Path(args.recipe).read_text()) if Path(args.recipe).is_file() else None
+    if not isinstance(recipe, dict) or not recipe.get("train_data"):
+        ap.error(f"{args.recipe}: not a recipe with train_data")
+    train_data = [recipe["train_data"]] if isinstance(recipe["train_data"], str) else recipe["train_data"]
     manifest = json.loads((folder / "manifest.json").read_text())
-    text = json.dumps(record_for(manifest, folder, parts_used(train_data)), indent=1, ensure_ascii=False) + "\n"
+    try:
+        record = record_for(manifest, folder, parts_used(train_data))
+    except ValueError as e:
+        ap.error(str(e))
+    text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     else:

@@ -20,10 +20,10 @@ import training_record as tr
 def write_shard(path: Path, metas: list[dict]) -> dict:
     with tarfile.open(path, "w") as tar:
         for i, meta in enumerate(metas):
-            data = json.dumps(meta).encode()
-            info = tarfile.TarInfo(f"{i:07d}.json")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            for ext, data in (("json", json.dumps(meta).encode()), ("png", b"\x89PNG")):
+                info = tarfile.TarInfo(f"{i:07d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     return {"shard": path.name, "samples": len(metas)}
 
 
@@ -73,6 +73,26 @@ def test_a_part_never_built_is_an_error(tmp_path):
     del manifest["extras"]
     with pytest.raises(ValueError, match="no part 'extras'"):
         tr.record_for(manifest, tmp_path, ["extras"])
+
+
+def test_a_missing_shard_is_named(tmp_path):
+    manifest = build(tmp_path)
+    (tmp_path / "flags-000000.tar").unlink()
+    with pytest.raises(ValueError, match="flags-000000.tar: shard listed in the manifest is missing"):
+        tr.record_for(manifest, tmp_path, ["flags"])
+
+
+def test_command_line_names_a_missing_build_or_recipe(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train_data: a/train-000000.tar\n")
+    with pytest.raises(SystemExit):
+        tr.main([str(recipe), "--cache", str(tmp_path)])
+    assert "manifest.json not found" in capsys.readouterr().err
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_text(json.dumps(build(tmp_path / "shards")))
+    with pytest.raises(SystemExit):
+        tr.main([str(tmp_path / "nope.yaml"), "--cache", str(tmp_path)])
+    assert "nope.yaml: not a recipe with train_data" in capsys.readouterr().err
 
 
 def test_command_line_writes_the_record_of_a_recipe(tmp_path):
