@@ -24,7 +24,7 @@ def tiny_cfg(tmp_path: Path, data_dir: Path, **kw) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
-def make_tiny_bert(folder: Path) -> Path:
+def make_tiny_bert(folder: Path, layers: int = 1) -> Path:
     """A 1-layer BERT with a WordPiece tokenizer.json: an HF text tower from a local folder."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import BertConfig, BertModel
@@ -37,7 +37,7 @@ def make_tiny_bert(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=80, pad_token_id=0)
     BertModel(cfg).save_pretrained(str(folder))
     return folder
@@ -75,6 +75,80 @@ def test_locked_hf_text_tower_from_local_folder_uses_the_cache(tmp_path: Path, d
     model, _, _ = kontrast.load(tmp_path / "final")  # a local-folder tower is saved with the model
     assert torch.allclose(model.text.proj.weight, after["text.proj.weight"].detach())
     assert model.config.text.hf_model == str(bert)
+
+
+def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def test_hf_text_tower_with_its_last_layer_unlocked(tmp_path: Path, data_dir: Path) -> None:
+    bert = make_tiny_bert(tmp_path / "bert", layers=2)
+    model_config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+                    "text_cfg": {"hf_model": str(bert), "hf_pooler": "mean", "hf_proj": "linear", "context_length": 16}}
+    cfg = tiny_cfg(tmp_path, data_dir, model=None, model_config=model_config, lock_text=True,
+                   lock_text_unlocked_layers=1, steps=2, save_every=1)
+    trainer = Trainer(cfg)
+    assert trainer.text_cache is None  # the tower's output changes as it trains: nothing to cache
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run()
+    text = {n for n in _changed(before, trainer.model) if n.startswith("text.transformer.")}
+    assert text and all(n.startswith("text.transformer.encoder.layer.1.") for n in text), sorted(text)
+    assert "text.proj.weight" in _changed(before, trainer.model)
+    frozen = [n for n, p in trainer.model.named_parameters() if n.startswith("text.transformer.") and not p.requires_grad]
+    assert any(n.startswith("text.transformer.embeddings.") for n in frozen)
+    assert not any(n.startswith("text.transformer.encoder.layer.1.") for n in frozen)
+    assert trainer.model.text.transformer.encoder.layer[1].training  # dropout in the unlocked layer
+    assert not trainer.model.text.transformer.encoder.layer[0].training
+    # the trained encoder layer goes into the checkpoint, and a resume picks it up
+    from kontrast.train.checkpoint import list_checkpoints, load_checkpoint
+
+    state = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1][1])
+    key = "text.transformer.encoder.layer.1.output.dense.weight"
+    assert torch.equal(state["model"][key], dict(trainer.model.named_parameters())[key].detach())
+    resumed = Trainer(apply_overrides(cfg, {"steps": 3}), resume="latest")
+    assert torch.equal(dict(resumed.model.named_parameters())[key].detach(), state["model"][key])
+
+
+def test_hf_text_tower_layer_norms_train_when_not_frozen(tmp_path: Path, data_dir: Path) -> None:
+    bert = make_tiny_bert(tmp_path / "bert")
+    model_config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+                    "text_cfg": {"hf_model": str(bert), "hf_pooler": "mean", "hf_proj": "linear", "context_length": 16}}
+    trainer = Trainer(tiny_cfg(tmp_path, data_dir, model=None, model_config=model_config, lock_text=True,
+                               lock_text_freeze_layer_norm=False))
+    assert trainer.text_cache is None
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run()
+    text = {n for n in _changed(before, trainer.model) if n.startswith("text.transformer.")}
+    assert text and all("LayerNorm" in n.split(".") for n in text), sorted(text)
+
+
+def test_own_text_tower_unlocks_groups_from_the_end(tmp_path: Path, data_dir: Path) -> None:
+    trainer = Trainer(tiny_cfg(tmp_path, data_dir, lock_text=True, lock_text_unlocked_layers=2))
+    assert trainer.text_cache is None
+    blocks = len(trainer.model.transformer.resblocks)
+    last = f"transformer.resblocks.{blocks - 1}."
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.run()
+    text = {n for n in _changed(before, trainer.model) if not n.startswith("visual.") and n != "logit_scale"}
+    assert "text_projection" in text and any(n.startswith(last) for n in text)
+    assert all(n == "text_projection" or n.startswith((last, "ln_final.")) for n in text), sorted(text)
+    assert not trainer.model.token_embedding.weight.requires_grad
+    with pytest.raises(KontrastError, match="lock_text_unlocked_layers 9 is more than the text tower's"):
+        Trainer(tiny_cfg(tmp_path / "b", data_dir, lock_text=True, lock_text_unlocked_layers=9))
+    with pytest.raises(KontrastError, match="Hugging Face text towers only"):
+        Trainer(tiny_cfg(tmp_path / "c", data_dir, lock_text=True, lock_text_freeze_layer_norm=False))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"lock_text_unlocked_layers": 1}, "set without lock_text"),
+    ({"lock_text_freeze_layer_norm": False}, "set without lock_text"),
+    ({"lock_text": True, "lock_text_unlocked_layers": -1}, "lock_text_unlocked_layers -1 must be >= 0"),
+])
+def test_partial_text_lock_errors(tmp_path: Path, data_dir: Path, fields: dict, message: str) -> None:
+    from kontrast.train.config import validate
+
+    with pytest.raises(KontrastError, match=message):
+        validate(tiny_cfg(tmp_path, data_dir, **fields))
 
 
 def test_locked_image_tower_stays_fixed(tmp_path: Path, data_dir: Path) -> None:

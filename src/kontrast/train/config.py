@@ -26,6 +26,8 @@ class TrainConfig:
     lock_image: bool = False  # freeze the image tower (LiT-style)
     lock_text: bool = False  # freeze the text tower (an HF tower keeps its projection trainable)
     lock_text_proj: bool = False  # also freeze an HF tower's projection
+    lock_text_unlocked_layers: int = 0  # with lock_text: leave the last N layer groups trainable (train.locking)
+    lock_text_freeze_layer_norm: bool = True  # with lock_text: false trains an HF tower's LayerNorms too
     grad_checkpointing: bool = False
     init_logit_scale: float | None = None  # start exp(logit_scale) at this value (fresh runs; a resume keeps the trained one)
     # ---- data
@@ -187,5 +189,11 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("aug_grayscale", "aug_outline"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise KontrastError(f"{name} {getattr(cfg, name)} is a probability: it must be in [0, 1]")
-    if cfg.lock_image and cfg.lock_text and cfg.lock_text_proj:
+    if cfg.lock_text_unlocked_layers < 0:
+        raise KontrastError(f"lock_text_unlocked_layers {cfg.lock_text_unlocked_layers} must be >= 0")
+    if not cfg.lock_text and (cfg.lock_text_unlocked_layers or not cfg.lock_text_freeze_layer_norm):
+        raise KontrastError("lock_text_unlocked_layers / lock_text_freeze_layer_norm set without lock_text: "
+                            "they choose what a locked text tower leaves trainable")
+    if (cfg.lock_image and cfg.lock_text and cfg.lock_text_proj and not cfg.lock_text_unlocked_layers
+            and cfg.lock_text_freeze_layer_norm):
         raise KontrastError("both towers are locked: nothing to train")

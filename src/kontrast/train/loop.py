@@ -31,6 +31,7 @@ from ..errors import KontrastError
 from . import checkpoint as ckpt_io
 from .config import TrainConfig, validate
 from .distributed import DistInfo, average_gradients, barrier, init_distributed
+from .locking import apply_locks, hf_text, text_fully_locked
 from .losses import SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, build_loss, clamp_logit_scale
 from .metrics import MetricsWriter
 from .optim import CosineSchedule, build_optimizer
@@ -79,33 +80,6 @@ def default_loss(model: nn.Module) -> str:
     from ..zeroshot import uses_sigmoid
 
     return "siglip" if uses_sigmoid(model) else "clip"
-
-
-def _hf_text(model: nn.Module) -> bool:
-    """Whether the text tower is a Hugging Face encoder (``text.transformer`` + ``text.proj``)."""
-    return bool(getattr(model.config.text, "hf_model", None))
-
-
-def text_parameters(model: nn.Module, include_proj: bool) -> list[nn.Parameter]:
-    if _hf_text(model):
-        mods = [model.text.transformer] + ([model.text.proj] if include_proj else [])
-        return [p for m in mods for p in m.parameters()]
-    return [p for n, p in model.named_parameters() if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias")]
-
-
-def apply_locks(model: nn.Module, cfg: TrainConfig) -> None:
-    """Freeze the locked towers (no gradients, eval mode; call after ``model.train()``)."""
-    if cfg.lock_image:
-        model.visual.eval()
-        for p in model.visual.parameters():
-            p.requires_grad_(False)
-    if cfg.lock_text:
-        hf = _hf_text(model)
-        for p in text_parameters(model, include_proj=cfg.lock_text_proj or not hf):
-            p.requires_grad_(False)
-        # the module holding the text blocks: an HF encoder, CLIP's ``transformer``, or SigLIP's ``text`` tower
-        for m in ([model.text.transformer] if hf else [getattr(model, "transformer", None) or model.text]):
-            m.eval()
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -209,7 +183,7 @@ class Trainer:
         from ..record import build_tokenizer
 
         self.tokenizer = build_tokenizer(self.model.record)
-        self.text_cache = TextFeatureCache(self.model, self.tokenizer) if cfg.lock_text else None
+        self.text_cache = TextFeatureCache(self.model, self.tokenizer) if text_fully_locked(cfg) else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
         self.loss_fn = build_loss(cfg.loss, cfg.local_loss, cfg.gather_with_grad, self.info.rank, self.info.world_size)
@@ -324,7 +298,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         from ..api import _state_for_saving
 
-        keep_text = not (self.cfg.lock_text and _hf_text(self.model))
+        keep_text = not (text_fully_locked(self.cfg) and hf_text(self.model))
         return {"step": self.step, "model": _state_for_saving(self.model, include_text_encoder=keep_text),
                 "model_config": self.model.config.to_dict(), "model_record": self.model.record.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
