@@ -221,6 +221,10 @@ def test_recipe_overrides_and_resolved_config(tmp_path: Path, data_dir: Path) ->
         apply_overrides(TrainConfig(), {"batch-sise": 3})
     with pytest.raises(KontrastError, match="must be an integer"):
         apply_overrides(TrainConfig(), {"steps": "many"})
+    off = apply_overrides(TrainConfig(val_data="v.tar", save_model="out", steps=3), {"val_data": "null", "save_model": "~",
+                                                                                     "steps": "null"})
+    assert (off.val_data, off.save_model, off.steps) == (None, None, None)  # a flag's YAML null turns a field off
+    assert apply_overrides(TrainConfig(), {"output": "null"}).output == "null"  # a required path stays a path
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
     with pytest.raises(KontrastError, match="mapping"):

@@ -99,6 +99,8 @@ def _kind(name: str) -> str:
 def _coerce(name: str, value: Any) -> Any:
     """Turn a YAML/JSON/CLI value into the field's type (strings from flags are parsed as YAML scalars)."""
     kind = _kind(name)
+    if isinstance(value, str) and "None" in str(FIELDS[name].type) and value.strip() in ("null", "~", ""):
+        return None  # YAML's null from a flag: ``--val-data null`` turns an optional field off
     if isinstance(value, str) and kind not in ("str", "list"):
         import yaml
 
