@@ -1,4 +1,4 @@
-"""Saving a model whose text tower is a packaged Hugging Face encoder (the default model's all-MiniLM-L6-v2):
+"""Saving a model whose text tower is a packaged Hugging Face encoder (the default models' all-MiniLM-L6-v2):
 the package carries the weights, so only what training changed is written, and loading lays it over the package."""
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ def _text_keys(folder) -> set[str]:
 
 
 def test_an_untouched_packaged_encoder_is_not_written(tmp_path):
-    model, _, _ = kontrast.load("default")
+    model, _, _ = kontrast.load("default-v5")
     kontrast.save(model, tmp_path / "m")
     assert _text_keys(tmp_path / "m") == set()
+    trained, _, _ = kontrast.load("default")  # the sixth generation trained its last two text layers
+    kontrast.save(trained, tmp_path / "t")
+    assert {".".join(k.split(".")[:5]) for k in _text_keys(tmp_path / "t")} == {
+        "text.transformer.encoder.layer.4", "text.transformer.encoder.layer.5"}
 
 
 def test_a_partly_trained_packaged_encoder_writes_only_its_changed_tensors(tmp_path):
-    model, _, tokenizer = kontrast.load("default")
+    model, _, tokenizer = kontrast.load("default-v5")
     key = "encoder.layer.5.output.dense.weight"
     with torch.no_grad():
         model.text.transformer.get_parameter(key).mul_(1.5)  # what training the last layer would do

@@ -46,10 +46,11 @@ DEFAULT_MODEL_NAME = "default"
 # Models shipped inside the package: name -> folder under kontrast/assets. "default-v1" is the first default
 # model (ViT, 3 art styles, 6k pairs), "default-v2" the second (the same ViT on 37k pictures in 30 styles),
 # "default-v3" the third (an ImageNet-pretrained EfficientNet-Lite0 fine-tuned on the second's data), "default-v4"
-# the fourth (the third's recipe with outlines drawn on half the training pictures), kept for comparison with the
-# current one (the fourth's recipe with the country flags of four flag sets added to the data).
+# the fourth (the third's recipe with outlines drawn on half the training pictures), "default-v5" the fifth (the
+# fourth's recipe with the country flags of four flag sets added to the data), kept for comparison with the current
+# one (the fifth trained further with the last two layers of its text tower unlocked).
 EMBEDDED_MODELS = {"default": "default_model", "default-v1": "default_model_v1", "default-v2": "default_model_v2",
-                   "default-v3": "default_model_v3", "default-v4": "default_model_v4"}
+                   "default-v3": "default_model_v3", "default-v4": "default_model_v4", "default-v5": "default_model_v5"}
 
 __all__ = ["canonical_name", "cast_model", "create_model", "default_model_path", "export", "fingerprint",
            "get_model_config", "get_tokenizer", "list_models", "list_pretrained", "load", "load_weights", "save"]
@@ -231,7 +232,7 @@ def _load_siglip(path: Path, precision: str, device) -> tuple[Any, Callable, Cal
 
 
 def default_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
-    """Folder of an embedded model shipped inside the package (``"default"``, ``"default-v1"`` .. ``"default-v4"``)."""
+    """Folder of an embedded model shipped inside the package (``"default"``, ``"default-v1"`` .. ``"default-v5"``)."""
     path = Path(str(resources.files("kontrast") / "assets" / EMBEDDED_MODELS[name]))
     if not (path / formats.KONTRAST_CONFIG).is_file():
         raise KontrastError(f"the embedded default model is missing from this installation ({path}); pass --model")
