@@ -103,11 +103,10 @@ def changed_from_package(encoder: HFTextEncoder) -> set[str]:
     encoder ships: what a saved model must carry itself after training some of the tower."""
     from transformers import AutoModel
 
-    name = str(getattr(encoder, "folder", ""))
     shipped = _quiet_from_pretrained(AutoModel, encoder.folder).state_dict()
     own = encoder.transformer.state_dict()
     if set(own) - set(shipped):
-        raise KontrastError(f"text tower {name!r}: its layers do not match the packaged encoder's")
+        raise KontrastError(f"text tower at {str(encoder.folder)!r}: its layers do not match the packaged encoder's")
     return {k for k, v in own.items() if not torch.equal(v.detach().cpu(), shipped[k].to(v.dtype))}
 
 
